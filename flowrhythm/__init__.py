@@ -1,0 +1,48 @@
+"""flowrhythm: asynchronous job pipelines with auto-scaling workers, on asyncio and trio."""
+
+from ._capacity import Capacity as Capacity
+from ._capacity import Strategy as Strategy
+from ._capacity import UtilizationCapacity as UtilizationCapacity
+from ._decorators import job_capacity as job_capacity
+from ._decorators import job_name as job_name
+from ._decorators import workers as workers
+from ._errors import ErrorItem as ErrorItem
+from ._errors import LastWorkItem as LastWorkItem
+from ._errors import RouteToErrorQueue as RouteToErrorQueue
+from ._errors import StopProcessing as StopProcessing
+from ._flow import Flow as Flow
+from ._processors import ProcessorFactory as ProcessorFactory
+from ._runtime import RunningFlow as RunningFlow
+from ._stats import FlowStats as FlowStats
+from ._stats import JobStats as JobStats
+
+__all__ = [
+    "Capacity",
+    "ErrorItem",
+    "Flow",
+    "FlowStats",
+    "JobStats",
+    "LastWorkItem",
+    "ProcessorFactory",
+    "RouteToErrorQueue",
+    "RunningFlow",
+    "StopProcessing",
+    "Strategy",
+    "UtilizationCapacity",
+    "job_capacity",
+    "job_name",
+    "workers",
+]
+
+
+def _fixup_module_metadata() -> None:
+    # Present every public name as flowrhythm.X (as trio does), so reprs, pickles
+    # and the docs show the public path rather than the private module.
+    for name in __all__:
+        obj = globals()[name]
+        if getattr(obj, "__module__", "").startswith("flowrhythm."):
+            obj.__module__ = "flowrhythm"
+
+
+_fixup_module_metadata()
+del _fixup_module_metadata

@@ -1,0 +1,224 @@
+"""Flow: the reusable definition of a pipeline.
+
+A :class:`Flow` only records job definitions (:class:`JobSpec`); every run
+(:meth:`Flow.run`, :meth:`Flow.stream`, :meth:`Flow.start`) builds fresh jobs,
+streams and workers from them, so one flow can be run many times, one after
+another or at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, final
+
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._capacity import DEFAULT_CAPACITY, Capacity
+from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
+from ._processors import Stage, decorated, default_name
+from ._runtime import RunningFlow, open_run, start_run, stream_run
+from ._stats import FlowStats
+
+
+@final
+@attrs.frozen
+class JobSpec:
+    """One job as defined on a flow (private)."""
+
+    name: str
+    stage: Stage
+    capacity: Capacity
+
+
+def _capacity(processor: object, capacity: object) -> Capacity:
+    if capacity is None:
+        attached: Capacity | None = decorated(processor, CAPACITY_ATTR)
+        return attached if attached is not None else DEFAULT_CAPACITY
+    if not isinstance(capacity, Capacity):
+        raise TypeError(f"capacity must be a Capacity, got {capacity!r}")
+    return capacity
+
+
+def _check_source(source: object) -> None:
+    if not isinstance(source, Iterable | AsyncIterable):
+        raise TypeError(f"source must be an iterable or an async iterable, got {source!r}")
+
+
+@final
+@attrs.define(eq=False)
+class Flow:
+    """A pipeline definition: jobs chained by bounded queues, and an error job.
+
+    Example::
+
+        flow = Flow()
+        flow.add(fetch)                                    # job 1
+        flow.add(parse, capacity=Capacity(max_workers=8))  # job 2, fed by job 1
+        flow.add_job_with_lock(store, db_lock)             # job 3, fed by job 2
+        flow.add_error_job(report)                         # receives ErrorItem
+        stats = await flow.run(urls)
+
+    A flow is a reusable definition: every run builds fresh jobs, streams and
+    workers from it, so the same flow can run many times, one after another or
+    at once.
+
+    .. versionadded:: 0.1
+    """
+
+    _jobs: list[JobSpec] = attrs.field(init=False, factory=list)
+    _error_job: JobSpec | None = attrs.field(init=False, default=None)
+
+    # -- building ------------------------------------------------------------------
+
+    def add(
+        self, processor: Any, capacity: Capacity | None = None, name: str | None = None
+    ) -> Flow:
+        """Append a job fed by the previous one; return the flow (calls chain).
+
+        Args:
+            processor: an ``async def`` function (or bound method, or object with
+                ``async def __call__``, or :func:`functools.partial` of those), an
+                async generator function (fans out: every value it yields goes
+                downstream), or a :class:`ProcessorFactory`.
+            capacity: worker counts and queue length; beats ``@job_capacity`` /
+                ``@workers`` on the processor, which beat the default
+                ``Capacity()`` (one worker, a queue of 100).
+            name: the job's name; beats ``@job_name``, which beats the
+                processor's ``__qualname__``. Explicit names must be unique; a
+                repeated default name gets a suffix (``inc``, ``inc#2``).
+
+        Raises:
+            TypeError: ``processor`` is not an async callable (a synchronous
+                callable included), or ``capacity`` / ``name`` has the wrong type.
+            ValueError: an explicit ``name`` is already used in this flow.
+        """
+        self._jobs.append(self._spec(processor, capacity, name, None))
+        return self
+
+    #: The seed's name for :meth:`add`.
+    add_job = add
+
+    def add_job_with_lock(
+        self,
+        processor: Any,
+        resource_manager: AbstractAsyncContextManager[Any],
+        capacity: Capacity | None = None,
+        name: str | None = None,
+    ) -> Flow:
+        """Append a job whose every call runs inside ``async with resource_manager:``.
+
+        The resource manager is any async context manager that may be entered many
+        times (``anyio.Lock()``, ``anyio.Semaphore(3)``, ``anyio.CapacityLimiter(5)``);
+        it may be shared by several jobs and several flows. For a generator
+        processor it is held for the whole generator.
+
+        Raises:
+            TypeError: as :meth:`add`, or ``resource_manager`` is not an async
+                context manager.
+            ValueError: as :meth:`add`.
+        """
+        self._jobs.append(self._spec(processor, capacity, name, resource_manager))
+        return self
+
+    def add_error_job(
+        self, processor: Any, capacity: Capacity | None = None, name: str | None = None
+    ) -> Flow:
+        """Set the job that receives an :class:`ErrorItem` for every failed item.
+
+        What it returns is discarded. An exception it raises fails the run.
+
+        Raises:
+            ValueError: the flow already has an error job.
+            TypeError: as :meth:`add`.
+        """
+        if self._error_job is not None:
+            raise ValueError(f"the flow already has an error job ({self._error_job.name!r})")
+        self._error_job = self._spec(processor, capacity, name, None)
+        return self
+
+    def _spec(self, processor: Any, capacity: object, name: object, lock: object) -> JobSpec:
+        stage = Stage.build(processor, lock)
+        return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity))
+
+    def _name(self, processor: object, name: object) -> str:
+        taken = {spec.name for spec in self._specs()}
+        if name is None:
+            name = decorated(processor, NAME_ATTR)
+        if name is not None:
+            check_name(name)
+            if name in taken:
+                raise ValueError(f"job name {name!r} is already used in this flow")
+            return name  # type: ignore[return-value]
+        base = default_name(processor)
+        candidate, n = base, 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}#{n}"
+        return candidate
+
+    def _specs(self) -> list[JobSpec]:
+        return [*self._jobs, *([self._error_job] if self._error_job else [])]
+
+    def _check_runnable(self) -> None:
+        if not self._jobs:
+            raise ValueError("the flow has no jobs: add one with Flow.add")
+
+    # -- running -------------------------------------------------------------------
+
+    async def run(self, source: Iterable[Any] | AsyncIterable[Any]) -> FlowStats:
+        """Run the flow over ``source`` until it drains; the outputs are discarded.
+
+        The source (an iterable or async iterable) is read only as fast as the
+        first job accepts items. A :class:`LastWorkItem` in it ends the input.
+
+        Returns:
+            The final :class:`FlowStats`.
+
+        Raises:
+            ExceptionGroup: a processor failed with no error job to take the item,
+                or the error job failed (the exception is inside the group).
+        """
+        self._check_runnable()
+        _check_source(source)
+        async with open_run(self._jobs, self._error_job, source=source) as run:
+            pass
+        return run.snapshot()
+
+    def stream(
+        self, source: Iterable[Any] | AsyncIterable[Any]
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+        """Run the flow over ``source``, yielding the last job's outputs as they come.
+
+        Example::
+
+            async with flow.stream(urls) as results:
+                async for page in results:
+                    print(page)
+
+        The results end when the last job's outputs end; leaving the block
+        normally then waits for the rest of the run (the error job included).
+        Leaving it early (a ``break``) cancels the run.
+        """
+        self._check_runnable()
+        _check_source(source)
+        return stream_run(list(self._jobs), self._error_job, source)
+
+    def start(self) -> AbstractAsyncContextManager[RunningFlow]:
+        """Start the flow and feed it by hand through a :class:`RunningFlow`.
+
+        Example::
+
+            async with flow.start() as running:
+                for item in items:
+                    await running.send(item)
+                await running.close()
+                stats = await running.join()
+
+        Leaving the block normally closes the input and waits for the drain;
+        leaving it with an exception, or calling :meth:`RunningFlow.stop`,
+        cancels the run.
+        """
+        self._check_runnable()
+        return start_run(list(self._jobs), self._error_job)

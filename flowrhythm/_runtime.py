@@ -1,0 +1,296 @@
+"""One run of a flow: one task group, the streams between jobs, and its handle.
+
+Every run builds fresh jobs, streams and workers from the :class:`Flow`
+definition, all inside one task group: when the run ends (normally, by
+failure, or cancelled) nothing of it is left behind. Streams are created here
+and every one of them is closed here, after the task group has exited.
+
+End of input travels down the flow: the run closes the first job's input; each
+job closes its output once its input has drained and its last worker has left.
+The error job's input closes when every other job has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._errors import ErrorItem, LastWorkItem
+from ._job import Job
+from ._stats import FlowStats
+from ._worker import YIELD_EVERY
+
+if TYPE_CHECKING:
+    from ._flow import JobSpec
+
+
+@final
+class Run:
+    """The private state of one run."""
+
+    def __init__(
+        self, specs: Sequence[JobSpec], error_spec: JobSpec | None, *, results: bool
+    ) -> None:
+        self._streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
+        self.input: MemoryObjectSendStream[Any]
+        self.results: MemoryObjectReceiveStream[Any] | None = None
+        self.items_in = 0
+        self.ended_by_flow = False
+        self.input_closed = False
+        self.done = anyio.Event()
+        self.started_at = anyio.current_time()
+        self.ended_at: float | None = None
+        self.task_group: TaskGroup | None = None
+        self.feed_scope = anyio.CancelScope()
+
+        try:
+            self._build(specs, error_spec, results)
+        except BaseException:
+            self.close_streams()
+            raise
+        self._unfinished = len(self.all_jobs)
+
+    def _build(self, specs: Sequence[JobSpec], error_spec: JobSpec | None, results: bool) -> None:
+        errors: MemoryObjectSendStream[ErrorItem] | None = None
+        self.error_job: Job | None = None
+        if error_spec is not None:
+            errors, error_receive = self._stream(error_spec.capacity.queue_length)
+            self.error_job = Job(self, error_spec, error_receive, None, None)
+
+        self.input, receive = self._stream(specs[0].capacity.queue_length)
+        self.jobs: list[Job] = []
+        for index, spec in enumerate(specs):
+            send: MemoryObjectSendStream[Any] | None = None
+            next_receive = receive
+            if index + 1 < len(specs):
+                send, next_receive = self._stream(specs[index + 1].capacity.queue_length)
+            elif results:
+                send, self.results = self._stream(spec.capacity.queue_length)
+            job_errors = errors.clone() if errors is not None else None
+            self.jobs.append(Job(self, spec, receive, send, job_errors))
+            receive = next_receive
+        if errors is not None:
+            errors.close()  # each job holds its own clone; the last one closes the input
+        self.all_jobs = [*self.jobs, *([self.error_job] if self.error_job else [])]
+
+    def _stream(
+        self, queue_length: int
+    ) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
+        send, receive = anyio.create_memory_object_stream[Any](queue_length)
+        self._streams += (send, receive)
+        return send, receive
+
+    def close_streams(self) -> None:
+        for stream in self._streams:
+            stream.close()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self, task_group: TaskGroup) -> None:
+        self.task_group = task_group
+        for job in self.all_jobs:
+            job.start(task_group)
+
+    def job_finished(self) -> None:
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self.ended_at = anyio.current_time()
+            self.done.set()
+
+    def end_input(self) -> None:
+        """The flow ends its own input: LastWorkItem from a source or processor."""
+        if not self.input_closed:
+            self.ended_by_flow = True
+        self.close_input()
+        self.feed_scope.cancel()
+
+    def close_input(self) -> None:
+        self.input_closed = True
+        self.input.close()
+
+    def cancel(self) -> None:
+        self.ended_by_flow = True
+        assert self.task_group is not None
+        self.task_group.cancel_scope.cancel()
+
+    async def feed(self, source: Iterable[Any] | AsyncIterable[Any]) -> None:
+        """Take items from ``source`` only as fast as the first job accepts them."""
+        with self.feed_scope:
+            try:
+                if isinstance(source, AsyncIterable):
+                    iterator = aiter(source)
+                    try:
+                        async for item in iterator:
+                            if not await self._feed_one(item):
+                                break
+                    finally:
+                        aclose = getattr(iterator, "aclose", None)
+                        if aclose is not None:
+                            with anyio.CancelScope(shield=True):
+                                await aclose()
+                else:
+                    for item in source:
+                        if not await self._feed_one(item):
+                            break
+            except ClosedResourceError:
+                pass  # the input was ended while we waited to send
+            finally:
+                self.close_input()
+
+    async def _feed_one(self, item: Any) -> bool:
+        if item.__class__ is LastWorkItem:
+            self.end_input()
+            return False
+        try:
+            self.input.send_nowait(item)
+        except WouldBlock:
+            await self.input.send(item)
+        else:
+            self.items_in += 1
+            if not self.items_in % YIELD_EVERY:
+                await checkpoint()
+            return True
+        self.items_in += 1
+        return True
+
+    # -- observing ---------------------------------------------------------------
+
+    def snapshot(self) -> FlowStats:
+        end = self.ended_at if self.ended_at is not None else anyio.current_time()
+        last = self.jobs[-1].counters
+        return FlowStats(
+            jobs={job.name: job.snapshot() for job in self.all_jobs},
+            items_in=self.items_in,
+            items_out=last.outputs,
+            elapsed=end - self.started_at,
+            done=self.done.is_set(),
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_run(
+    specs: Sequence[JobSpec],
+    error_spec: JobSpec | None,
+    *,
+    source: Iterable[Any] | AsyncIterable[Any] | None = None,
+    results: bool = False,
+) -> AsyncIterator[Run]:
+    """Build a run and keep it going for the body of the ``async with``."""
+    run = Run(specs, error_spec, results=results)
+    try:
+        async with anyio.create_task_group() as task_group:
+            run.start(task_group)
+            if source is not None:
+                task_group.start_soon(run.feed, source, name="flowrhythm source")
+            yield run
+    finally:
+        run.close_streams()
+
+
+@final
+class RunningFlow:
+    """The handle of a flow started with :meth:`Flow.start`.
+
+    Obtained only from ``async with flow.start() as running:``. Leaving the block
+    normally closes the input and waits for the flow to drain; leaving it with an
+    exception, or calling :meth:`stop`, cancels the run.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_run",)
+    _run: Run
+
+    def __init__(self) -> None:
+        raise TypeError("RunningFlow is obtained from `async with flow.start() as running:`")
+
+    @classmethod
+    def _create(cls, run: Run) -> RunningFlow:
+        self = object.__new__(cls)
+        self._run = run
+        return self
+
+    async def send(self, item: Any) -> None:
+        """Send ``item`` into the first job, waiting while its queue is full.
+
+        Sending :class:`LastWorkItem` is the same as :meth:`close`.
+
+        Raises:
+            anyio.ClosedResourceError: the input was closed with :meth:`close`.
+            anyio.BrokenResourceError: the flow ended its input itself (a
+                processor returned :class:`LastWorkItem`, or :meth:`stop`).
+        """
+        if item.__class__ is LastWorkItem:
+            await self.close()
+            return
+        run = self._run
+        try:
+            await run.input.send(item)
+        except ClosedResourceError:
+            if run.ended_by_flow:
+                raise BrokenResourceError(
+                    "the flow has ended its input (a processor returned LastWorkItem, "
+                    "or the run was stopped)"
+                ) from None
+            raise
+        run.items_in += 1
+
+    async def close(self) -> None:
+        """End the input: items already sent are still processed, then the flow drains."""
+        self._run.close_input()
+        await checkpoint()
+
+    async def join(self) -> FlowStats:
+        """Wait until every job has drained (after :meth:`close`); return the stats."""
+        await self._run.done.wait()
+        return self._run.snapshot()
+
+    def stop(self) -> None:
+        """Cancel the run now: unfinished items are abandoned.
+
+        A plain call, like :meth:`anyio.CancelScope.cancel`; afterwards the
+        ``async with`` block exits without raising.
+        """
+        self._run.cancel()
+
+    def stats(self) -> FlowStats:
+        """A live snapshot of the run's counters and worker states."""
+        return self._run.snapshot()
+
+    @property
+    def done(self) -> bool:
+        """Whether every job has drained."""
+        return self._run.done.is_set()
+
+
+@contextlib.asynccontextmanager
+async def start_run(
+    specs: Sequence[JobSpec], error_spec: JobSpec | None
+) -> AsyncIterator[RunningFlow]:
+    async with open_run(specs, error_spec) as run:
+        yield RunningFlow._create(run)
+        # Left normally: end the input and wait for the drain.
+        run.close_input()
+        await run.done.wait()
+
+
+@contextlib.asynccontextmanager
+async def stream_run(
+    specs: Sequence[JobSpec],
+    error_spec: JobSpec | None,
+    source: Iterable[Any] | AsyncIterable[Any],
+) -> AsyncIterator[MemoryObjectReceiveStream[Any]]:
+    async with open_run(specs, error_spec, source=source, results=True) as run:
+        results = run.results
+        assert results is not None
+        yield results
+        statistics = results.statistics()
+        if statistics.open_send_streams or statistics.current_buffer_used:
+            run.cancel()  # left before the results ended: stop the run

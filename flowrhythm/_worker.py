@@ -1,0 +1,191 @@
+"""The worker loop: receive -> process -> forward. The hot path.
+
+Every item crosses this loop once per job, so it takes the non-waiting path
+first (``receive_nowait`` / ``send_nowait``), does O(1) bookkeeping with plain
+attribute increments, and enters the scheduler only when it must wait: for
+input (the worker is *idle*), to hand a result downstream (*blocked*), or inside
+the processor (*active*). So that a busy worker never starves cancellation or
+other tasks, it also yields every :data:`YIELD_EVERY` items that went through
+without waiting.
+
+A worker is retired only at a safe point: while it waits for input (its idle
+wait runs in its own cancel scope, which :meth:`Worker.retire` cancels), or
+after the item it is processing. It is never cancelled while holding an item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, final
+
+import anyio
+from anyio import EndOfStream, WouldBlock
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+from ._errors import LastWorkItem, StopProcessing
+
+if TYPE_CHECKING:
+    from ._job import Job
+
+#: Items a worker may take without waiting before it yields to the scheduler.
+YIELD_EVERY: Final = 64
+
+
+@final
+class Worker:
+    """One worker task's handle: how a scaler retires it safely."""
+
+    __slots__ = ("idle_scope", "retiring")
+
+    def __init__(self) -> None:
+        self.retiring = False
+        self.idle_scope: anyio.CancelScope | None = None
+
+    def retire(self) -> None:
+        """Ask the worker to stop at its next safe point (never mid-item)."""
+        self.retiring = True
+        if self.idle_scope is not None:
+            self.idle_scope.cancel()
+
+
+async def _spurious_cancel(exc: BaseException) -> RuntimeError:
+    """A processor raised the cancellation exception: was it really cancelled?
+
+    If the worker's scope is cancelled, :func:`checkpoint_if_cancelled` raises
+    the real cancellation. Otherwise the processor raised it on its own, and
+    the run must fail rather than end as a success with the item missing.
+    """
+    await checkpoint_if_cancelled()
+    return RuntimeError(
+        "a processor raised the cancellation exception while nothing cancelled it; "
+        "the item would have been lost, so the run fails"
+    )
+
+
+#: Marks "no item" where ``None`` is a valid item.
+NOTHING: Final[Any] = object()
+
+
+async def wait_for_item(job: Job, worker: Worker) -> Any:
+    """The slow path of receiving: wait (idle) for the next item.
+
+    Returns :data:`NOTHING` when the worker should leave: its input ended, or it
+    was retired while it waited (holding no item).
+    """
+    if worker.retiring:
+        return NOTHING
+    counters = job.counters
+    counters.idle += 1
+    try:
+        if job.scales:
+            worker.idle_scope = scope = anyio.CancelScope()
+            with scope:
+                return await job.receive.receive()
+            return NOTHING  # retired while idle (the scope swallowed the cancel)
+        return await job.receive.receive()
+    except EndOfStream:
+        job.input_ended = True
+        return NOTHING
+    finally:
+        counters.idle -= 1
+        worker.idle_scope = None
+
+
+async def work(
+    job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
+) -> None:
+    """Run one worker until its input ends, it is retired, or it fails.
+
+    ``item`` is a first item already taken from the input for this worker.
+    """
+    counters = job.counters
+    receive_nowait = job.receive.receive_nowait
+    out = job.send
+    send_nowait = out.send_nowait if out is not None else None
+    cancelled_exc = anyio.get_cancelled_exc_class()
+    last = LastWorkItem
+    budget = YIELD_EVERY
+
+    if item is NOTHING:
+        item = await wait_for_item(job, worker)
+        if item is NOTHING:
+            return
+    while True:
+        counters.received += 1
+
+        # -- process and forward ---------------------------------------------
+        if is_gen:
+            await _generate(job, fn, item)
+        else:
+            try:
+                result = await fn(item)
+            except StopProcessing:
+                counters.skipped += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is routed
+                await job.fail(item, exc)
+            except cancelled_exc as exc:
+                raise await _spurious_cancel(exc) from exc
+            else:
+                if result.__class__ is last:
+                    job.end_input()
+                    counters.outputs_adjust -= 1
+                elif send_nowait is not None:
+                    try:
+                        send_nowait(result)
+                    except WouldBlock:
+                        counters.blocked += 1
+                        try:
+                            await out.send(result)  # type: ignore[union-attr]
+                        finally:
+                            counters.blocked -= 1
+                        budget = YIELD_EVERY
+                counters.completed += 1
+
+        # -- stay fair -----------------------------------------------------------
+        budget -= 1
+        if not budget:
+            budget = YIELD_EVERY
+            if worker.retiring:
+                return
+            await checkpoint()
+
+        # -- receive the next item: without waiting if one is there ---------------
+        try:
+            item = receive_nowait()
+        except WouldBlock:
+            item = await wait_for_item(job, worker)
+            if item is NOTHING:
+                return
+            budget = YIELD_EVERY
+        except EndOfStream:
+            job.input_ended = True
+            return
+
+
+async def _generate(job: Job, fn: Callable[[Any], Any], item: Any) -> None:
+    """Run a generator processor over one item, forwarding every value it yields."""
+    counters = job.counters
+    agen = fn(item)
+    try:
+        while True:
+            try:
+                out = await agen.__anext__()
+            except StopAsyncIteration:
+                break
+            except StopProcessing:
+                counters.skipped += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - every failure is routed
+                await job.fail(item, exc)
+                return
+            except anyio.get_cancelled_exc_class() as exc:
+                raise await _spurious_cancel(exc) from exc
+            if out.__class__ is LastWorkItem:
+                job.end_input()
+                continue
+            counters.outputs_adjust += 1
+            await job.forward(out)
+        counters.completed += 1
+        counters.outputs_adjust -= 1
+    finally:
+        await agen.aclose()
