@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -16,10 +17,15 @@ class Strategy(enum.Enum):
     .. versionadded:: 0.1
     """
 
-    #: Grow while the workers are busy and input is waiting; shrink after the
-    #: cooldown when they are mostly idle. Time spent blocked on a full downstream
-    #: queue counts as neither busy nor idle.
+    #: The default. Grow while the workers are busy and input is waiting;
+    #: shrink after the cooldown when they are mostly idle. Time blocked on a full
+    #: downstream queue is not busy, and a blocked job never grows.
+    #: See :class:`UtilizationStrategy`.
     UTILIZATION = "utilization"
+    #: One worker per ten items waiting or in progress. See :class:`QueueDepthStrategy`.
+    QUEUE_DEPTH = "queue_depth"
+    #: Stay at ``initial_workers``. See :class:`FixedStrategy`.
+    FIXED = "fixed"
 
 
 def _default_max(self: Any) -> Any:
@@ -94,7 +100,11 @@ class UtilizationCapacity(Capacity):
         sampling: seconds between two decisions of the job's scaler.
         dampening: smoothing of the signals used for shrinking, in ``[0, 1)``;
             ``0`` means no smoothing.
-        strategy: the scaling strategy.
+        strategy: a :class:`Strategy` member, or a callable with no arguments
+            returning a fresh strategy object (an object with
+            ``decide(sample) -> int``; pass the class itself, or a
+            :func:`functools.partial` of it). Every job of every run gets its
+            own strategy object.
 
     Utilization is the share of the job's worker-time spent running the processor.
 
@@ -115,9 +125,14 @@ class UtilizationCapacity(Capacity):
     dampening: float = attrs.field(
         default=0.5, validator=number(low=0.0, high=1.0, high_open=True)
     )
-    strategy: Strategy = attrs.field(
-        default=Strategy.UTILIZATION, validator=attrs.validators.instance_of(Strategy)
-    )
+    strategy: Strategy | Callable[[], Any] = attrs.field(default=Strategy.UTILIZATION)
+
+    @strategy.validator
+    def _check_strategy(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, Strategy) and not callable(value):
+            raise TypeError(
+                f"strategy must be a Strategy or a callable returning a strategy, got {value!r}"
+            )
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -129,3 +144,13 @@ class UtilizationCapacity(Capacity):
 
 
 DEFAULT_CAPACITY = Capacity()
+
+
+def scaling_knobs(capacity: Capacity) -> UtilizationCapacity:
+    """The scaling settings of a capacity: its own, or the defaults."""
+    if isinstance(capacity, UtilizationCapacity):
+        return capacity
+    return _DEFAULT_KNOBS
+
+
+_DEFAULT_KNOBS = UtilizationCapacity()

@@ -8,7 +8,7 @@ another or at once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, final
 
@@ -19,6 +19,7 @@ from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._processors import Stage, decorated, default_name
 from ._runtime import RunningFlow, open_run, start_run, stream_run
+from ._scaler import ScalingEvent
 from ._stats import FlowStats
 
 
@@ -39,6 +40,15 @@ def _capacity(processor: object, capacity: object) -> Capacity:
     if not isinstance(capacity, Capacity):
         raise TypeError(f"capacity must be a Capacity, got {capacity!r}")
     return capacity
+
+
+#: A callback for scaling events.
+OnScale = Callable[[ScalingEvent], object]
+
+
+def _check_callback(on_scale: object) -> None:
+    if on_scale is not None and not callable(on_scale):
+        raise TypeError(f"on_scale must be callable, got {on_scale!r}")
 
 
 def _check_source(source: object) -> None:
@@ -167,11 +177,18 @@ class Flow:
 
     # -- running -------------------------------------------------------------------
 
-    async def run(self, source: Iterable[Any] | AsyncIterable[Any]) -> FlowStats:
+    async def run(
+        self, source: Iterable[Any] | AsyncIterable[Any], *, on_scale: OnScale | None = None
+    ) -> FlowStats:
         """Run the flow over ``source`` until it drains; the outputs are discarded.
 
         The source (an iterable or async iterable) is read only as fast as the
         first job accepts items. A :class:`LastWorkItem` in it ends the input.
+
+        Args:
+            source: the items.
+            on_scale: called with a :class:`ScalingEvent` for every change of a
+                job's worker count (an exception from it fails the run).
 
         Returns:
             The final :class:`FlowStats`.
@@ -182,12 +199,15 @@ class Flow:
         """
         self._check_runnable()
         _check_source(source)
-        async with open_run(self._jobs, self._error_job, source=source) as run:
+        _check_callback(on_scale)
+        async with open_run(
+            list(self._jobs), self._error_job, source=source, on_scale=on_scale
+        ) as run:
             pass
         return run.snapshot()
 
     def stream(
-        self, source: Iterable[Any] | AsyncIterable[Any]
+        self, source: Iterable[Any] | AsyncIterable[Any], *, on_scale: OnScale | None = None
     ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
         """Run the flow over ``source``, yielding the last job's outputs as they come.
 
@@ -203,9 +223,12 @@ class Flow:
         """
         self._check_runnable()
         _check_source(source)
-        return stream_run(list(self._jobs), self._error_job, source)
+        _check_callback(on_scale)
+        return stream_run(list(self._jobs), self._error_job, source, on_scale)
 
-    def start(self) -> AbstractAsyncContextManager[RunningFlow]:
+    def start(
+        self, *, on_scale: OnScale | None = None
+    ) -> AbstractAsyncContextManager[RunningFlow]:
         """Start the flow and feed it by hand through a :class:`RunningFlow`.
 
         Example::
@@ -221,4 +244,5 @@ class Flow:
         cancels the run.
         """
         self._check_runnable()
-        return start_run(list(self._jobs), self._error_job)
+        _check_callback(on_scale)
+        return start_run(list(self._jobs), self._error_job, on_scale)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, final
 
+import anyio
 from anyio import EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import ErrorItem
+from ._scaler import run_scaler
 from ._stats import Counters, JobStats
 from ._worker import NOTHING, Worker, work
 
@@ -30,11 +32,14 @@ class Job:
 
     __slots__ = (
         "counters",
+        "doorman",
         "errors",
         "finished",
         "input_ended",
         "receive",
+        "retiring",
         "run",
+        "scaler_scope",
         "scales",
         "send",
         "spec",
@@ -55,12 +60,15 @@ class Job:
         self.receive = receive
         self.send = send
         self.errors = errors
-        self.counters = Counters()
+        self.counters = Counters(anyio.current_time)
         self.scales = spec.capacity.scales
         self.workers: set[Worker] = set()
+        self.retiring = 0  # live workers asked to leave
+        self.doorman = False
         self.input_ended = False
         self.finished = False
         self.task_group: TaskGroup | None = None
+        self.scaler_scope = anyio.CancelScope()
 
     @property
     def name(self) -> str:
@@ -68,14 +76,21 @@ class Job:
 
     # -- workers ----------------------------------------------------------------
 
+    @property
+    def worker_count(self) -> int:
+        """Workers that are staying: live ones not asked to leave."""
+        return len(self.workers) - self.retiring
+
     def start(self, task_group: TaskGroup) -> None:
-        """Start the job's initial workers in the run's task group."""
+        """Start the job's initial workers (and its scaler) in the run's task group."""
         self.task_group = task_group
         initial = self.spec.capacity.initial_workers
         for _ in range(initial):
             self.add_worker()
         if not initial:
-            task_group.start_soon(self._doorman, name=f"flowrhythm {self.name} doorman")
+            self._start_doorman()
+        if self.scales:
+            task_group.start_soon(run_scaler, self, name=f"flowrhythm {self.name} scaler")
 
     def add_worker(self, item: Any = NOTHING) -> None:
         """Start one more worker (counted at once, so stats never lag).
@@ -85,15 +100,45 @@ class Job:
         assert self.task_group is not None
         worker = Worker()
         self.workers.add(worker)
-        self.counters.workers += 1
+        self.counters.add_workers(1)
         self.task_group.start_soon(self._worker_task, worker, item, name=f"flowrhythm {self.name}")
+
+    def grow(self, n: int) -> int:
+        """Add up to ``n`` workers, first withdrawing retirements; never past max_workers."""
+        added = 0
+        for worker in self.workers:
+            if added == n:
+                break
+            if worker.revive():
+                self.retiring -= 1
+                added += 1
+        room = self.spec.capacity.max_workers - len(self.workers)
+        for _ in range(min(n - added, room)):
+            self.add_worker()
+            added += 1
+        return added
+
+    def shrink(self, n: int) -> None:
+        """Ask ``n`` workers to leave at their next safe point, idle ones first."""
+        staying = [w for w in self.workers if not w.retiring]
+        staying.sort(key=lambda w: not w.idle)
+        for worker in staying[:n]:
+            worker.retire()
+            self.retiring += 1
+
+    def _start_doorman(self) -> None:
+        if not self.doorman:
+            self.doorman = True
+            assert self.task_group is not None
+            self.task_group.start_soon(self._doorman, name=f"flowrhythm {self.name} doorman")
 
     async def _doorman(self) -> None:
         """With no worker, wait for the first input and start a worker carrying it.
 
         Without a worker nobody would read the input: the doorman is how a job
-        with ``min_workers=0`` wakes up, and how end of input still reaches
-        downstream when the job has no worker at all.
+        with ``min_workers=0`` wakes up as soon as input arrives, and how end of
+        input still reaches downstream when the job has no worker at all. It
+        runs only while the job has no worker; the scaler leaves such a job alone.
         """
         try:
             item = await self.receive.receive()
@@ -102,32 +147,36 @@ class Job:
             if not self.workers:
                 self.finish()
             return
+        finally:
+            self.doorman = False
+        self.counters.scale_ups += 1
+        self.run.scaled(self, 0, 1, "input arrived")
         self.add_worker(item)
-
-    def retire_worker(self) -> bool:
-        """Ask one worker to leave at its next safe point; idle workers first."""
-        candidates = [w for w in self.workers if not w.retiring]
-        if not candidates:
-            return False
-        idle = [w for w in candidates if w.idle_scope is not None]
-        (idle or candidates)[0].retire()
-        return True
 
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
-            async with self.spec.stage.open() as (fn, is_gen):
-                await work(self, worker, fn, is_gen, item)
+            async with self.spec.stage.open(self.counters) as (fn, is_gen):
+                try:
+                    await work(self, worker, fn, is_gen, item)
+                finally:
+                    worker.leaving = True
         finally:
             self.workers.discard(worker)
-            self.counters.workers -= 1
-            if self.input_ended and not self.workers:
-                self.finish()
+            if worker.retiring:
+                self.retiring -= 1
+            self.counters.add_workers(-1)
+            if not self.workers:
+                if self.input_ended:
+                    self.finish()
+                elif worker.retiring:
+                    self._start_doorman()  # scaled down to zero: wait for input
 
     def finish(self) -> None:
         """Input ended and drained, no worker left: end the job's output."""
         if self.finished:
             return
         self.finished = True
+        self.scaler_scope.cancel()
         if self.send is not None:
             self.send.close()
         if self.errors is not None:
@@ -148,11 +197,11 @@ class Job:
         try:
             send.send_nowait(value)
         except WouldBlock:
-            self.counters.blocked += 1
+            since = self.counters.enter_blocked()
             try:
                 await send.send(value)
             finally:
-                self.counters.blocked -= 1
+                self.counters.leave_blocked(since)
 
     async def fail(self, item: Any, exc: Exception) -> None:
         """Route a failed item to the error job, or fail the run if there is none."""
@@ -164,11 +213,11 @@ class Job:
         try:
             errors.send_nowait(error)
         except WouldBlock:
-            self.counters.blocked += 1
+            since = self.counters.enter_blocked()
             try:
                 await errors.send(error)
             finally:
-                self.counters.blocked -= 1
+                self.counters.leave_blocked(since)
         self.counters.errored += 1
 
     # -- observing ----------------------------------------------------------------
@@ -177,6 +226,7 @@ class Job:
         c = self.counters
         capacity = self.spec.capacity
         workers = c.workers
+        active_seconds, idle_seconds, blocked_seconds = c.seconds(c.clock())
         return JobStats(
             name=self.name,
             workers=workers,
@@ -193,4 +243,7 @@ class Job:
             errored=c.errored,
             scale_ups=c.scale_ups,
             scale_downs=c.scale_downs,
+            active_seconds=active_seconds,
+            idle_seconds=idle_seconds,
+            blocked_seconds=blocked_seconds,
         )

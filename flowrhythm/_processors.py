@@ -19,10 +19,14 @@ import functools
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, final
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import attrs
+
+if TYPE_CHECKING:
+    from ._stats import Counters
 
 #: A processor after normalisation: a coroutine function, or an async generator
 #: function (then ``is_generator`` is true).
@@ -115,7 +119,36 @@ def kind(processor: object, *, what: str = "processor") -> bool:
     )
 
 
-def _with_lock(fn: Any, lock: AbstractAsyncContextManager[Any], is_gen: bool) -> Any:
+@final
+class _Accounted:
+    """A resource manager whose waits count as *blocked*: more workers cannot help."""
+
+    __slots__ = ("counters", "manager")
+
+    def __init__(self, manager: AbstractAsyncContextManager[Any], counters: Counters) -> None:
+        self.manager = manager
+        self.counters = counters
+
+    async def __aenter__(self) -> Any:
+        since = self.counters.enter_blocked()
+        try:
+            return await self.manager.__aenter__()
+        finally:
+            self.counters.leave_blocked(since)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self.manager.__aexit__(exc_type, exc, tb)
+
+
+def _with_lock(
+    fn: Any, manager: AbstractAsyncContextManager[Any], is_gen: bool, counters: Counters
+) -> Any:
+    lock = _Accounted(manager, counters)
     if is_gen:
 
         async def locked_gen(item: Any) -> AsyncIterator[Any]:
@@ -157,12 +190,12 @@ class Stage:
         return cls(processor, lock, is_gen)  # type: ignore[arg-type]
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[tuple[Any, bool]]:
+    async def open(self, counters: Counters) -> AsyncIterator[tuple[Any, bool]]:
         """Per worker: yield ``(function, is_generator)``; enter/exit a factory."""
         if not isinstance(self.processor, ProcessorFactory):
             fn = self.processor
             if self.lock is not None:
-                fn = _with_lock(fn, self.lock, self.is_generator)
+                fn = _with_lock(fn, self.lock, self.is_generator, counters)
             yield fn, self.is_generator
             return
 
@@ -174,7 +207,9 @@ class Stage:
         processor = await manager.__aenter__()
         try:
             is_gen = kind(processor, what="the processor yielded by ProcessorFactory")
-            fn = processor if self.lock is None else _with_lock(processor, self.lock, is_gen)
+            fn = processor
+            if self.lock is not None:
+                fn = _with_lock(processor, self.lock, is_gen, counters)
             yield fn, is_gen
         except BaseException as exc:
             # The worker's exception (or cancellation) always propagates: a

@@ -13,7 +13,7 @@ The error job's input closes when every other job has finished.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -24,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._errors import ErrorItem, LastWorkItem
 from ._job import Job
+from ._scaler import ScalingEvent, log_scaling
 from ._stats import FlowStats
 from ._worker import YIELD_EVERY
 
@@ -36,8 +37,14 @@ class Run:
     """The private state of one run."""
 
     def __init__(
-        self, specs: Sequence[JobSpec], error_spec: JobSpec | None, *, results: bool
+        self,
+        specs: Sequence[JobSpec],
+        error_spec: JobSpec | None,
+        *,
+        results: bool,
+        on_scale: Callable[[ScalingEvent], object] | None = None,
     ) -> None:
+        self.on_scale = on_scale
         self._streams: list[MemoryObjectSendStream[Any] | MemoryObjectReceiveStream[Any]] = []
         self.input: MemoryObjectSendStream[Any]
         self.results: MemoryObjectReceiveStream[Any] | None = None
@@ -103,6 +110,15 @@ class Run:
         if self._unfinished == 0:
             self.ended_at = anyio.current_time()
             self.done.set()
+
+    def scaled(self, job: Job, old: int, new: int, reason: str) -> None:
+        """Record one scaling decision: a DEBUG log record, and the user's callback."""
+        event = ScalingEvent(
+            job=job.name, time=anyio.current_time(), old=old, new=new, reason=reason
+        )
+        log_scaling(event)
+        if self.on_scale is not None:
+            self.on_scale(event)
 
     def end_input(self) -> None:
         """The flow ends its own input: LastWorkItem from a source or processor."""
@@ -181,9 +197,10 @@ async def open_run(
     *,
     source: Iterable[Any] | AsyncIterable[Any] | None = None,
     results: bool = False,
+    on_scale: Callable[[ScalingEvent], object] | None = None,
 ) -> AsyncIterator[Run]:
     """Build a run and keep it going for the body of the ``async with``."""
-    run = Run(specs, error_spec, results=results)
+    run = Run(specs, error_spec, results=results, on_scale=on_scale)
     try:
         async with anyio.create_task_group() as task_group:
             run.start(task_group)
@@ -272,9 +289,11 @@ class RunningFlow:
 
 @contextlib.asynccontextmanager
 async def start_run(
-    specs: Sequence[JobSpec], error_spec: JobSpec | None
+    specs: Sequence[JobSpec],
+    error_spec: JobSpec | None,
+    on_scale: Callable[[ScalingEvent], object] | None = None,
 ) -> AsyncIterator[RunningFlow]:
-    async with open_run(specs, error_spec) as run:
+    async with open_run(specs, error_spec, on_scale=on_scale) as run:
         yield RunningFlow._create(run)
         # Left normally: end the input and wait for the drain.
         run.close_input()
@@ -286,8 +305,9 @@ async def stream_run(
     specs: Sequence[JobSpec],
     error_spec: JobSpec | None,
     source: Iterable[Any] | AsyncIterable[Any],
+    on_scale: Callable[[ScalingEvent], object] | None = None,
 ) -> AsyncIterator[MemoryObjectReceiveStream[Any]]:
-    async with open_run(specs, error_spec, source=source, results=True) as run:
+    async with open_run(specs, error_spec, source=source, results=True, on_scale=on_scale) as run:
         results = run.results
         assert results is not None
         yield results

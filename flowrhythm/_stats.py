@@ -8,7 +8,7 @@ state with a ``statistics()`` value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import final
 
 import attrs
@@ -16,25 +16,40 @@ import attrs
 
 @final
 class Counters:
-    """The live state of one job in one run (private)."""
+    """The live state of one job in one run (private).
+
+    Worker states are integrated over time with one clock read per state
+    change, and only where a worker really waits (the fast path reads no
+    clock). For ``n`` workers in a state, the seconds spent in it up to time
+    ``t`` are ``<state>_seconds + n * t - <state>_since``: ``<state>_since``
+    sums the start times of the waits still going on.
+    """
 
     __slots__ = (
         "blocked",
+        "blocked_seconds",
+        "blocked_since",
+        "clock",
         "completed",
         "errored",
         "idle",
+        "idle_seconds",
+        "idle_since",
         "outputs_adjust",
         "received",
         "scale_downs",
         "scale_ups",
         "skipped",
+        "worker_seconds",
         "workers",
+        "workers_since",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
         self.workers = 0  # live worker tasks
         self.idle = 0  # workers waiting for input
-        self.blocked = 0  # workers waiting to hand a result downstream
+        self.blocked = 0  # workers waiting to hand on a result, or for the resource manager
         self.received = 0
         self.completed = 0
         self.skipped = 0
@@ -45,10 +60,60 @@ class Counters:
         # has one output per completed item, so the hot path pays nothing; a
         # generator adds (yields - 1) per item, a LastWorkItem result adds -1.
         self.outputs_adjust = 0
+        self.worker_seconds = 0.0
+        self.workers_since = clock()
+        self.idle_seconds = 0.0
+        self.idle_since = 0.0
+        self.blocked_seconds = 0.0
+        self.blocked_since = 0.0
 
     @property
     def outputs(self) -> int:
         return self.completed + self.outputs_adjust
+
+    @property
+    def ended(self) -> int:
+        """Items whose processing ended, one way or another."""
+        return self.completed + self.skipped + self.errored
+
+    # -- state changes (off the fast path) ------------------------------------------
+
+    def add_workers(self, n: int) -> None:
+        now = self.clock()
+        self.worker_seconds += self.workers * (now - self.workers_since)
+        self.workers_since = now
+        self.workers += n
+
+    def enter_idle(self) -> float:
+        now = self.clock()
+        self.idle += 1
+        self.idle_since += now
+        return now
+
+    def leave_idle(self, since: float) -> None:
+        now = self.clock()
+        self.idle -= 1
+        self.idle_since -= since
+        self.idle_seconds += now - since
+
+    def enter_blocked(self) -> float:
+        now = self.clock()
+        self.blocked += 1
+        self.blocked_since += now
+        return now
+
+    def leave_blocked(self, since: float) -> None:
+        now = self.clock()
+        self.blocked -= 1
+        self.blocked_since -= since
+        self.blocked_seconds += now - since
+
+    def seconds(self, now: float) -> tuple[float, float, float]:
+        """Cumulative worker-seconds ``(active, idle, blocked)`` up to ``now``."""
+        total = self.worker_seconds + self.workers * (now - self.workers_since)
+        idle = self.idle_seconds + self.idle * now - self.idle_since
+        blocked = self.blocked_seconds + self.blocked * now - self.blocked_since
+        return max(total - idle - blocked, 0.0), max(idle, 0.0), max(blocked, 0.0)
 
 
 @final
@@ -61,7 +126,8 @@ class JobStats:
         workers: live workers.
         idle: workers waiting for input.
         active: workers running the processor (``workers - idle - blocked``).
-        blocked: workers waiting to hand a result (or an error) downstream.
+        blocked: workers waiting to hand a result (or an error) downstream, or
+            waiting for the job's resource manager: more workers cannot help them.
         queue_depth: items waiting in the job's input queue.
         queue_length: the capacity of the job's input queue.
         min_workers: the job's configured minimum.
@@ -73,6 +139,9 @@ class JobStats:
         errored: items that failed (handed to the error job, or failing the run).
         scale_ups: scaling decisions that added workers.
         scale_downs: scaling decisions that removed workers.
+        active_seconds: worker-seconds spent running the processor so far.
+        idle_seconds: worker-seconds spent waiting for input so far.
+        blocked_seconds: worker-seconds spent blocked so far.
 
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
@@ -95,6 +164,9 @@ class JobStats:
     errored: int
     scale_ups: int
     scale_downs: int
+    active_seconds: float
+    idle_seconds: float
+    blocked_seconds: float
 
     @property
     def in_flight(self) -> int:

@@ -33,19 +33,37 @@ YIELD_EVERY: Final = 64
 
 @final
 class Worker:
-    """One worker task's handle: how a scaler retires it safely."""
+    """One worker task's handle: how a scaler retires it safely.
 
-    __slots__ = ("idle_scope", "retiring")
+    ``retiring`` asks the worker to leave at its next safe point; while the
+    worker is busy the request can still be withdrawn (:meth:`revive`).
+    ``leaving`` means it is past that point and will not take another item.
+    """
+
+    __slots__ = ("idle_scope", "leaving", "retiring")
 
     def __init__(self) -> None:
         self.retiring = False
+        self.leaving = False
         self.idle_scope: anyio.CancelScope | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.idle_scope is not None
 
     def retire(self) -> None:
         """Ask the worker to stop at its next safe point (never mid-item)."""
         self.retiring = True
         if self.idle_scope is not None:
+            self.leaving = True
             self.idle_scope.cancel()
+
+    def revive(self) -> bool:
+        """Withdraw a retirement request that has not taken effect yet."""
+        if self.retiring and not self.leaving:
+            self.retiring = False
+            return True
+        return False
 
 
 async def _spurious_cancel(exc: BaseException) -> RuntimeError:
@@ -75,7 +93,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
     if worker.retiring:
         return NOTHING
     counters = job.counters
-    counters.idle += 1
+    since = counters.enter_idle()
     try:
         if job.scales:
             worker.idle_scope = scope = anyio.CancelScope()
@@ -87,7 +105,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
         job.input_ended = True
         return NOTHING
     finally:
-        counters.idle -= 1
+        counters.leave_idle(since)
         worker.idle_scope = None
 
 
@@ -133,11 +151,11 @@ async def work(
                     try:
                         send_nowait(result)
                     except WouldBlock:
-                        counters.blocked += 1
+                        since = counters.enter_blocked()
                         try:
                             await out.send(result)  # type: ignore[union-attr]
                         finally:
-                            counters.blocked -= 1
+                            counters.leave_blocked(since)
                         budget = YIELD_EVERY
                 counters.completed += 1
 

@@ -1,0 +1,133 @@
+"""The per-job scaler: a thin async loop around a pure strategy.
+
+One scaler task runs for each job whose ``max_workers > min_workers``, inside
+the run's task group. Every ``sampling`` seconds it turns the job's counters
+into a frozen :class:`ScalingSample`, asks the strategy for a worker count,
+clamps it to ``[min_workers, max_workers]``, and adds workers (each in its own
+task, retired through its own cancel scope) or asks some to leave at their next
+safe point. It stops when the job's input has ended; the job cancels it when it
+finishes, so a run never waits for a scaler's sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import attrs
+
+from ._capacity import scaling_knobs
+from ._scaling import ScalingSample, make_strategy
+
+if TYPE_CHECKING:
+    from ._job import Job
+
+logger = logging.getLogger("flowrhythm")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ScalingEvent:
+    """One change of a job's worker count, as the scaler decided it.
+
+    Attributes:
+        job: the job's name.
+        time: the event loop's clock when it was decided.
+        old: workers before.
+        new: workers after.
+        reason: why, in words.
+
+    .. versionadded:: 0.1
+    """
+
+    job: str
+    time: float
+    old: int
+    new: int
+    reason: str
+
+
+def _target(decision: Any, job: str) -> tuple[int, str]:
+    reason = ""
+    if isinstance(decision, tuple) and len(decision) == 2 and isinstance(decision[1], str):
+        decision, reason = decision
+    if isinstance(decision, bool) or not isinstance(decision, int):
+        raise TypeError(
+            f"scaling strategy of job {job!r} returned {decision!r}; "
+            "decide() must return an int or (int, reason)"
+        )
+    return decision, reason
+
+
+async def run_scaler(job: Job) -> None:
+    """Scale ``job`` until its input ends."""
+    capacity = job.spec.capacity
+    knobs = scaling_knobs(capacity)
+    strategy = make_strategy(knobs.strategy)
+    counters = job.counters
+    clock = counters.clock
+    receive = job.receive
+    downstream = job.send
+    low, high = capacity.min_workers, capacity.max_workers
+
+    with job.scaler_scope:
+        then = clock()
+        active0, idle0, blocked0 = counters.seconds(then)
+        ended0 = counters.ended
+        received0 = counters.received
+        depth0 = receive.statistics().current_buffer_used
+        while True:
+            await anyio.sleep(knobs.sampling)
+            if job.input_ended:
+                break
+            now = clock()
+            active, idle, blocked = counters.seconds(now)
+            ended, received = counters.ended, counters.received
+            depth = receive.statistics().current_buffer_used
+            workers = job.worker_count
+            down = downstream.statistics() if downstream is not None else None
+            sample = ScalingSample(
+                job=job.name,
+                time=now,
+                interval=max(now - then, 1e-9),
+                workers=workers,
+                min_workers=low,
+                max_workers=high,
+                active=active - active0,
+                idle=idle - idle0,
+                blocked=blocked - blocked0,
+                completed=ended - ended0,
+                arrivals=max(received - received0 + depth - depth0, 0),
+                queue_depth=depth,
+                queue_length=capacity.queue_length,
+                downstream_depth=down.current_buffer_used if down is not None else None,
+                downstream_length=int(down.max_buffer_size) if down is not None else None,
+                input_closed=not receive.statistics().open_send_streams,
+                capacity=capacity,
+            )
+            then, active0, idle0, blocked0 = now, active, idle, blocked
+            ended0, received0, depth0 = ended, received, depth
+            if not job.workers:
+                continue  # the doorman starts the first worker when input arrives
+            target, reason = _target(strategy.decide(sample), job.name)
+            target = min(max(target, low), high)
+            if target > workers:
+                added = job.grow(target - workers)
+                if added:
+                    counters.scale_ups += 1
+                    job.run.scaled(job, workers, workers + added, reason)
+            elif target < workers:
+                job.shrink(workers - target)
+                counters.scale_downs += 1
+                job.run.scaled(job, workers, target, reason)
+
+
+def log_scaling(event: ScalingEvent) -> None:
+    logger.debug(
+        "job %s: workers %d -> %d (%s)",
+        event.job,
+        event.old,
+        event.new,
+        event.reason or "strategy",
+    )
