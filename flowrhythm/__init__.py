@@ -13,22 +13,34 @@ from ._errors import StopProcessing as StopProcessing
 from ._flow import Flow as Flow
 from ._processors import ProcessorFactory as ProcessorFactory
 from ._runtime import RunningFlow as RunningFlow
+from ._scaler import ScalingEvent as ScalingEvent
+from ._scaling import FixedStrategy as FixedStrategy
+from ._scaling import QueueDepthStrategy as QueueDepthStrategy
+from ._scaling import ScalingSample as ScalingSample
+from ._scaling import ScalingStrategy as ScalingStrategy
+from ._scaling import UtilizationStrategy as UtilizationStrategy
 from ._stats import FlowStats as FlowStats
 from ._stats import JobStats as JobStats
 
 __all__ = [
     "Capacity",
     "ErrorItem",
+    "FixedStrategy",
     "Flow",
     "FlowStats",
     "JobStats",
     "LastWorkItem",
     "ProcessorFactory",
+    "QueueDepthStrategy",
     "RouteToErrorQueue",
     "RunningFlow",
+    "ScalingEvent",
+    "ScalingSample",
+    "ScalingStrategy",
     "StopProcessing",
     "Strategy",
     "UtilizationCapacity",
+    "UtilizationStrategy",
     "job_capacity",
     "job_name",
     "workers",
