@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
+from ._offload import ExecutorSpec
 from ._processors import Stage, decorated, default_name
 from ._runtime import RunningFlow, open_run, start_run, stream_run
 from ._scaler import ScalingEvent
@@ -83,7 +84,12 @@ class Flow:
     # -- building ------------------------------------------------------------------
 
     def add(
-        self, processor: Any, capacity: Capacity | None = None, name: str | None = None
+        self,
+        processor: Any,
+        capacity: Capacity | None = None,
+        name: str | None = None,
+        *,
+        executor: ExecutorSpec | None = None,
     ) -> Flow:
         """Append a job fed by the previous one; return the flow (calls chain).
 
@@ -98,13 +104,21 @@ class Flow:
             name: the job's name; beats ``@job_name``, which beats the
                 processor's ``__qualname__``. Explicit names must be unique; a
                 repeated default name gets a suffix (``inc``, ``inc#2``).
+            executor: run a *synchronous* ``processor`` off the event loop:
+                ``"thread"`` (anyio worker threads), ``"process"`` (anyio worker
+                processes; the callable must pickle), or any
+                :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, a
+                Dask ``Client.get_executor()``). The job's worker count bounds the
+                calls in flight; cancelling the run cancels calls not yet started.
 
         Raises:
             TypeError: ``processor`` is not an async callable (a synchronous
-                callable included), or ``capacity`` / ``name`` has the wrong type.
+                callable without ``executor=`` included; with ``executor=``, an
+                async one), or ``capacity`` / ``name`` / ``executor`` has the
+                wrong type.
             ValueError: an explicit ``name`` is already used in this flow.
         """
-        self._jobs.append(self._spec(processor, capacity, name, None))
+        self._jobs.append(self._spec(processor, capacity, name, None, executor))
         return self
 
     #: The seed's name for :meth:`add`.
@@ -116,6 +130,8 @@ class Flow:
         resource_manager: AbstractAsyncContextManager[Any],
         capacity: Capacity | None = None,
         name: str | None = None,
+        *,
+        executor: ExecutorSpec | None = None,
     ) -> Flow:
         """Append a job whose every call runs inside ``async with resource_manager:``.
 
@@ -129,11 +145,16 @@ class Flow:
                 context manager.
             ValueError: as :meth:`add`.
         """
-        self._jobs.append(self._spec(processor, capacity, name, resource_manager))
+        self._jobs.append(self._spec(processor, capacity, name, resource_manager, executor))
         return self
 
     def add_error_job(
-        self, processor: Any, capacity: Capacity | None = None, name: str | None = None
+        self,
+        processor: Any,
+        capacity: Capacity | None = None,
+        name: str | None = None,
+        *,
+        executor: ExecutorSpec | None = None,
     ) -> Flow:
         """Set the job that receives an :class:`ErrorItem` for every failed item.
 
@@ -145,11 +166,13 @@ class Flow:
         """
         if self._error_job is not None:
             raise ValueError(f"the flow already has an error job ({self._error_job.name!r})")
-        self._error_job = self._spec(processor, capacity, name, None)
+        self._error_job = self._spec(processor, capacity, name, None, executor)
         return self
 
-    def _spec(self, processor: Any, capacity: object, name: object, lock: object) -> JobSpec:
-        stage = Stage.build(processor, lock)
+    def _spec(
+        self, processor: Any, capacity: object, name: object, lock: object, executor: object
+    ) -> JobSpec:
+        stage = Stage.build(processor, lock, executor)
         return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity))
 
     def _name(self, processor: object, name: object) -> str:

@@ -36,6 +36,7 @@ class Job:
         "errors",
         "finished",
         "input_ended",
+        "limiter",
         "receive",
         "retiring",
         "run",
@@ -69,6 +70,12 @@ class Job:
         self.finished = False
         self.task_group: TaskGroup | None = None
         self.scaler_scope = anyio.CancelScope()
+        # Offloaded calls: one limiter per job, its size following the worker count.
+        self.limiter = (
+            anyio.CapacityLimiter(max(spec.capacity.initial_workers, 1))
+            if spec.stage.executor is not None
+            else None
+        )
 
     @property
     def name(self) -> str:
@@ -101,6 +108,7 @@ class Job:
         worker = Worker()
         self.workers.add(worker)
         self.counters.add_workers(1)
+        self._size_limiter()
         self.task_group.start_soon(self._worker_task, worker, item, name=f"flowrhythm {self.name}")
 
     def grow(self, n: int) -> int:
@@ -112,6 +120,7 @@ class Job:
             if worker.revive():
                 self.retiring -= 1
                 added += 1
+        self._size_limiter()
         room = self.spec.capacity.max_workers - len(self.workers)
         for _ in range(min(n - added, room)):
             self.add_worker()
@@ -125,6 +134,11 @@ class Job:
         for worker in staying[:n]:
             worker.retire()
             self.retiring += 1
+        self._size_limiter()
+
+    def _size_limiter(self) -> None:
+        if self.limiter is not None:
+            self.limiter.total_tokens = max(self.worker_count, 1)
 
     def _start_doorman(self) -> None:
         if not self.doorman:
@@ -155,7 +169,7 @@ class Job:
 
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
-            async with self.spec.stage.open(self.counters) as (fn, is_gen):
+            async with self.spec.stage.open(self.counters, self.limiter) as (fn, is_gen):
                 try:
                     await work(self, worker, fn, is_gen, item)
                 finally:
@@ -165,6 +179,7 @@ class Job:
             if worker.retiring:
                 self.retiring -= 1
             self.counters.add_workers(-1)
+            self._size_limiter()
             if not self.workers:
                 if self.input_ended:
                     self.finish()

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import attrs
 
+from ._offload import ExecutorSpec, check_offload, offloaded
+
 if TYPE_CHECKING:
     from ._stats import Counters
 
@@ -114,8 +116,9 @@ def kind(processor: object, *, what: str = "processor") -> bool:
     raise TypeError(
         f"{what} {processor!r} is not an async callable. A processor is an "
         "`async def` function (or an async generator function, or a "
-        "ProcessorFactory). To run blocking or CPU-bound code, wrap it: "
-        "`async def job(item): return await anyio.to_thread.run_sync(fn, item)`."
+        "ProcessorFactory). To run blocking or CPU-bound synchronous code, pass "
+        'executor="thread" (or executor="process", or a concurrent.futures.Executor) '
+        "to Flow.add."
     )
 
 
@@ -173,9 +176,10 @@ class Stage:
     processor: Any
     lock: AbstractAsyncContextManager[Any] | None = None
     is_generator: bool = False
+    executor: ExecutorSpec | None = None
 
     @classmethod
-    def build(cls, processor: object, lock: object = None) -> Stage:
+    def build(cls, processor: object, lock: object = None, executor: object = None) -> Stage:
         if lock is not None and not (
             callable(getattr(lock, "__aenter__", None))
             and callable(getattr(lock, "__aexit__", None))
@@ -184,16 +188,26 @@ class Stage:
                 f"resource_manager must be an async context manager "
                 f"(such as anyio.Lock()), got {lock!r}"
             )
+        if executor is not None:
+            if isinstance(processor, ProcessorFactory):
+                raise TypeError("executor= takes a synchronous callable, not a ProcessorFactory")
+            check_offload(processor, executor)
+            return cls(processor, lock, False, executor)  # type: ignore[arg-type]
         if isinstance(processor, ProcessorFactory):
             return cls(processor, lock)  # type: ignore[arg-type]
         is_gen = kind(processor)
         return cls(processor, lock, is_gen)  # type: ignore[arg-type]
 
     @contextlib.asynccontextmanager
-    async def open(self, counters: Counters) -> AsyncIterator[tuple[Any, bool]]:
+    async def open(
+        self, counters: Counters, limiter: anyio.CapacityLimiter | None = None
+    ) -> AsyncIterator[tuple[Any, bool]]:
         """Per worker: yield ``(function, is_generator)``; enter/exit a factory."""
         if not isinstance(self.processor, ProcessorFactory):
             fn = self.processor
+            if self.executor is not None:
+                assert limiter is not None
+                fn = offloaded(fn, self.executor, limiter)
             if self.lock is not None:
                 fn = _with_lock(fn, self.lock, self.is_generator, counters)
             yield fn, self.is_generator

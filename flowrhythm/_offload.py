@@ -1,0 +1,159 @@
+"""Running synchronous jobs off the event loop: threads, processes, any Executor.
+
+``flow.add(fn, executor=...)`` turns a synchronous ``fn`` into an async
+processor. The job's workers each await one call at a time, so the worker count
+bounds the calls in flight; each job of a run also has one
+:class:`anyio.CapacityLimiter` whose size follows its worker count, so anyio's
+global default limiters (40 threads, one process per CPU) never become a hidden
+cap on a job that scaled past them.
+
+For a :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, a Dask
+``Client.get_executor()``...) no thread is held per call: the future's
+completion is bridged back to the event loop with anyio's from-thread tools,
+and cancelling the call cancels the future if it has not started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import pickle
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, Final, Literal
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_process
+import anyio.to_thread
+
+#: What ``executor=`` accepts besides an Executor instance.
+EXECUTOR_NAMES: Final = ("thread", "process")
+ExecutorSpec = Literal["thread", "process"] | Executor
+
+
+def check_offload(fn: object, executor: object) -> None:
+    """Validate ``fn`` and ``executor=`` at ``add`` time.
+
+    Raises:
+        TypeError: ``executor`` is not "thread", "process" or an Executor, or
+            ``fn`` is not a plain synchronous callable.
+        ValueError: ``executor`` is an unknown name.
+    """
+    if isinstance(executor, str):
+        if executor not in EXECUTOR_NAMES:
+            raise ValueError(
+                f'executor must be "thread", "process" or a concurrent.futures.Executor, '
+                f"got {executor!r}"
+            )
+    elif not isinstance(executor, Executor):
+        raise TypeError(
+            f'executor must be "thread", "process" or a concurrent.futures.Executor, '
+            f"got {executor!r}"
+        )
+    if not callable(fn):
+        raise TypeError(f"processor must be callable, got {fn!r}")
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    call = target if inspect.isroutine(target) else getattr(type(target), "__call__", None)  # noqa: B004
+    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call):
+        raise TypeError(
+            f"{fn!r} is an async callable: executor= runs synchronous code; "
+            "add the async callable without executor="
+        )
+    if inspect.isasyncgenfunction(target) or inspect.isasyncgenfunction(call):
+        raise TypeError(f"{fn!r} is an async generator function: it cannot take executor=")
+    if inspect.isgeneratorfunction(target) or inspect.isgeneratorfunction(call):
+        raise TypeError(
+            f"{fn!r} is a generator function: an offloaded call must return its result "
+            "(return a list, and split it with an async generator job next)"
+        )
+    if executor == "process":
+        try:
+            pickle.dumps(fn)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure means the same
+            raise TypeError(
+                f'executor="process" needs a picklable callable (a module-level function), '
+                f"but {fn!r} does not pickle: {exc}"
+            ) from None
+
+
+def call_and_check(fn: Callable[[Any], Any], item: Any) -> Any:
+    """Run ``fn(item)`` in a worker process; make sure a failure can travel back.
+
+    An exception that does not pickle would otherwise turn into an unrelated
+    pickling error (or worse); it comes back as a :class:`RuntimeError` that
+    names it.
+    """
+    try:
+        return fn(item)
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception as pickling:  # noqa: BLE001 - any pickling failure means the same
+            raise RuntimeError(
+                f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+                f"(raised in another process; the exception itself could not be "
+                f"sent back: {pickling!r})"
+            ) from None
+        raise
+
+
+def offloaded(
+    fn: Callable[[Any], Any], executor: ExecutorSpec, limiter: anyio.CapacityLimiter
+) -> Callable[[Any], Any]:
+    """The async processor that runs ``fn`` through ``executor``."""
+    if executor == "thread":
+
+        async def in_thread(item: Any) -> Any:
+            return await anyio.to_thread.run_sync(fn, item, limiter=limiter)
+
+        return in_thread
+
+    if executor == "process":
+
+        async def in_process(item: Any) -> Any:
+            return await anyio.to_process.run_sync(call_and_check, fn, item, limiter=limiter)
+
+        return in_process
+
+    assert isinstance(executor, Executor)
+    pool = executor
+
+    async def in_executor(item: Any) -> Any:
+        async with limiter:
+            return await wait_future(pool.submit(call_and_check, fn, item))
+
+    return in_executor
+
+
+async def wait_future(future: Future[Any]) -> Any:
+    """Await a :class:`concurrent.futures.Future` without holding a thread.
+
+    On cancellation the future is cancelled if it has not started; a call
+    already running is abandoned (its result is dropped when it arrives).
+    """
+    if not future.done():
+        done = anyio.Event()
+        token = anyio.lowlevel.current_token()
+        loop_thread = threading.get_ident()
+
+        def wake(_: Future[Any]) -> None:
+            if threading.get_ident() == loop_thread:
+                done.set()  # completed before the callback was added: we are in the loop
+                return
+            # If the event loop has finished, nobody waits for this result any more.
+            with contextlib.suppress(Exception):
+                anyio.from_thread.run_sync(done.set, token=token)
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            future.cancel()
+            raise
+    return future.result()
