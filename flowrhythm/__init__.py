@@ -11,6 +11,8 @@ from ._errors import LastWorkItem as LastWorkItem
 from ._errors import RouteToErrorQueue as RouteToErrorQueue
 from ._errors import StopProcessing as StopProcessing
 from ._flow import Flow as Flow
+from ._options import Batch as Batch
+from ._options import Retry as Retry
 from ._processors import ProcessorFactory as ProcessorFactory
 from ._runtime import RunningFlow as RunningFlow
 from ._scaler import ScalingEvent as ScalingEvent
@@ -23,6 +25,7 @@ from ._stats import FlowStats as FlowStats
 from ._stats import JobStats as JobStats
 
 __all__ = [
+    "Batch",
     "Capacity",
     "ErrorItem",
     "FixedStrategy",
@@ -32,6 +35,7 @@ __all__ = [
     "LastWorkItem",
     "ProcessorFactory",
     "QueueDepthStrategy",
+    "Retry",
     "RouteToErrorQueue",
     "RunningFlow",
     "ScalingEvent",

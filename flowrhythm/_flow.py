@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._offload import ExecutorSpec
+from ._options import Batch, JobOptions, Retry
 from ._processors import Stage, decorated, default_name
 from ._runtime import RunningFlow, open_run, start_run, stream_run
 from ._scaler import ScalingEvent
@@ -32,6 +33,7 @@ class JobSpec:
     name: str
     stage: Stage
     capacity: Capacity
+    options: JobOptions = attrs.field(factory=JobOptions)
 
 
 def _capacity(processor: object, capacity: object) -> Capacity:
@@ -90,6 +92,11 @@ class Flow:
         name: str | None = None,
         *,
         executor: ExecutorSpec | None = None,
+        ordered: bool = False,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        max_per_second: float | None = None,
+        batch: Batch | None = None,
     ) -> Flow:
         """Append a job fed by the previous one; return the flow (calls chain).
 
@@ -110,15 +117,31 @@ class Flow:
                 :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, a
                 Dask ``Client.get_executor()``). The job's worker count bounds the
                 calls in flight; cancelling the run cancels calls not yet started.
+            ordered: outputs leave in the order the inputs arrived, even with
+                many workers (a reorder window of at most ``max_workers`` inputs).
+            retry: a :class:`Retry`: retry failing calls with exponential back-off.
+            timeout: seconds; a longer call is cancelled and fails with
+                :class:`TimeoutError` (for a generator: each step).
+            max_per_second: start at most this many calls per second, however
+                many workers the job has (per run).
+            batch: a :class:`Batch`: the processor receives lists of items.
 
         Raises:
             TypeError: ``processor`` is not an async callable (a synchronous
                 callable without ``executor=`` included; with ``executor=``, an
                 async one), or ``capacity`` / ``name`` / ``executor`` has the
                 wrong type.
-            ValueError: an explicit ``name`` is already used in this flow.
+            ValueError: an explicit ``name`` is already used in this flow, or an
+                option has an invalid value (naming the option).
         """
-        self._jobs.append(self._spec(processor, capacity, name, None, executor))
+        options = JobOptions.build(
+            ordered=ordered,
+            retry=retry,
+            timeout=timeout,
+            max_per_second=max_per_second,
+            batch=batch,
+        )
+        self._jobs.append(self._spec(processor, capacity, name, None, executor, options))
         return self
 
     #: The seed's name for :meth:`add`.
@@ -132,6 +155,11 @@ class Flow:
         name: str | None = None,
         *,
         executor: ExecutorSpec | None = None,
+        ordered: bool = False,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        max_per_second: float | None = None,
+        batch: Batch | None = None,
     ) -> Flow:
         """Append a job whose every call runs inside ``async with resource_manager:``.
 
@@ -145,7 +173,16 @@ class Flow:
                 context manager.
             ValueError: as :meth:`add`.
         """
-        self._jobs.append(self._spec(processor, capacity, name, resource_manager, executor))
+        options = JobOptions.build(
+            ordered=ordered,
+            retry=retry,
+            timeout=timeout,
+            max_per_second=max_per_second,
+            batch=batch,
+        )
+        self._jobs.append(
+            self._spec(processor, capacity, name, resource_manager, executor, options)
+        )
         return self
 
     def add_error_job(
@@ -155,6 +192,11 @@ class Flow:
         name: str | None = None,
         *,
         executor: ExecutorSpec | None = None,
+        ordered: bool = False,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        max_per_second: float | None = None,
+        batch: Batch | None = None,
     ) -> Flow:
         """Set the job that receives an :class:`ErrorItem` for every failed item.
 
@@ -166,14 +208,27 @@ class Flow:
         """
         if self._error_job is not None:
             raise ValueError(f"the flow already has an error job ({self._error_job.name!r})")
-        self._error_job = self._spec(processor, capacity, name, None, executor)
+        options = JobOptions.build(
+            ordered=ordered,
+            retry=retry,
+            timeout=timeout,
+            max_per_second=max_per_second,
+            batch=batch,
+        )
+        self._error_job = self._spec(processor, capacity, name, None, executor, options)
         return self
 
     def _spec(
-        self, processor: Any, capacity: object, name: object, lock: object, executor: object
+        self,
+        processor: Any,
+        capacity: object,
+        name: object,
+        lock: object,
+        executor: object,
+        options: JobOptions,
     ) -> JobSpec:
         stage = Stage.build(processor, lock, executor)
-        return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity))
+        return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity), options)
 
     def _name(self, processor: object, name: object) -> str:
         taken = {spec.name for spec in self._specs()}

@@ -16,10 +16,13 @@ from anyio import EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._batch import gather
 from ._errors import ErrorItem
+from ._options import Exhausted, RateLimit, wrap
+from ._ordered import Reorder
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
-from ._worker import NOTHING, Worker, work
+from ._worker import NOTHING, Worker, work, work_general
 
 if TYPE_CHECKING:
     from ._flow import JobSpec
@@ -37,7 +40,10 @@ class Job:
         "finished",
         "input_ended",
         "limiter",
+        "queue",
+        "rate_limit",
         "receive",
+        "reorder",
         "retiring",
         "run",
         "scaler_scope",
@@ -58,7 +64,8 @@ class Job:
     ) -> None:
         self.run = run
         self.spec = spec
-        self.receive = receive
+        self.queue = receive  # the job's input queue (what stats and the scaler watch)
+        self.receive = receive  # what the workers read: the queue, or finished batches
         self.send = send
         self.errors = errors
         self.counters = Counters(anyio.current_time)
@@ -71,6 +78,15 @@ class Job:
         self.task_group: TaskGroup | None = None
         self.scaler_scope = anyio.CancelScope()
         # Offloaded calls: one limiter per job, its size following the worker count.
+        options = spec.options
+        self.reorder = (
+            Reorder(spec.capacity.max_workers, self.counters) if options.ordered else None
+        )
+        self.rate_limit = (
+            RateLimit(options.max_per_second, self.counters)
+            if options.max_per_second is not None
+            else None
+        )
         self.limiter = (
             anyio.CapacityLimiter(max(spec.capacity.initial_workers, 1))
             if spec.stage.executor is not None
@@ -91,6 +107,17 @@ class Job:
     def start(self, task_group: TaskGroup) -> None:
         """Start the job's initial workers (and its scaler) in the run's task group."""
         self.task_group = task_group
+        batch = self.spec.options.batch
+        if batch is not None:
+            batches, self.receive = self.run.new_stream(0)
+            task_group.start_soon(
+                gather,
+                batch,
+                self.queue,
+                batches,
+                self.counters,
+                name=f"flowrhythm {self.name} batch",
+            )
         initial = self.spec.capacity.initial_workers
         for _ in range(initial):
             self.add_worker()
@@ -170,8 +197,11 @@ class Job:
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
             async with self.spec.stage.open(self.counters, self.limiter) as (fn, is_gen):
+                options = self.spec.options
+                fn = wrap(fn, is_gen, options, self.counters, self.rate_limit)
+                loop = work if options.batch is None and not options.ordered else work_general
                 try:
-                    await work(self, worker, fn, is_gen, item)
+                    await loop(self, worker, fn, is_gen, item)
                 finally:
                     worker.leaving = True
         finally:
@@ -218,13 +248,20 @@ class Job:
             finally:
                 self.counters.leave_blocked(since)
 
-    async def fail(self, item: Any, exc: Exception) -> None:
-        """Route a failed item to the error job, or fail the run if there is none."""
+    async def fail(self, item: Any, exc: Exception, weight: int = 1) -> None:
+        """Route a failed item to the error job, or fail the run if there is none.
+
+        ``weight`` is how many items failed (a batch counts as its items).
+        """
+        attempts = 1
+        if isinstance(exc, Exhausted):  # retried: report the last failure itself
+            attempts = exc.attempts
+            exc = exc.exception
         errors = self.errors
         if errors is None:
-            self.counters.errored += 1
+            self.counters.errored += weight
             raise exc
-        error = ErrorItem(item=item, exception=exc, job=self.name)
+        error = ErrorItem(item=item, exception=exc, job=self.name, attempts=attempts)
         try:
             errors.send_nowait(error)
         except WouldBlock:
@@ -233,7 +270,7 @@ class Job:
                 await errors.send(error)
             finally:
                 self.counters.leave_blocked(since)
-        self.counters.errored += 1
+        self.counters.errored += weight
 
     # -- observing ----------------------------------------------------------------
 
@@ -248,7 +285,7 @@ class Job:
             idle=c.idle,
             active=max(workers - c.idle - c.blocked, 0),
             blocked=c.blocked,
-            queue_depth=self.receive.statistics().current_buffer_used,
+            queue_depth=self.queue.statistics().current_buffer_used,
             queue_length=capacity.queue_length,
             min_workers=capacity.min_workers,
             max_workers=capacity.max_workers,
@@ -256,6 +293,7 @@ class Job:
             completed=c.completed,
             skipped=c.skipped,
             errored=c.errored,
+            retried=c.retried,
             scale_ups=c.scale_ups,
             scale_downs=c.scale_downs,
             active_seconds=active_seconds,

@@ -68,18 +68,18 @@ class Run:
         errors: MemoryObjectSendStream[ErrorItem] | None = None
         self.error_job: Job | None = None
         if error_spec is not None:
-            errors, error_receive = self._stream(error_spec.capacity.queue_length)
+            errors, error_receive = self.new_stream(error_spec.capacity.queue_length)
             self.error_job = Job(self, error_spec, error_receive, None, None)
 
-        self.input, receive = self._stream(specs[0].capacity.queue_length)
+        self.input, receive = self.new_stream(specs[0].capacity.queue_length)
         self.jobs: list[Job] = []
         for index, spec in enumerate(specs):
             send: MemoryObjectSendStream[Any] | None = None
             next_receive = receive
             if index + 1 < len(specs):
-                send, next_receive = self._stream(specs[index + 1].capacity.queue_length)
+                send, next_receive = self.new_stream(specs[index + 1].capacity.queue_length)
             elif results:
-                send, self.results = self._stream(spec.capacity.queue_length)
+                send, self.results = self.new_stream(spec.capacity.queue_length)
             job_errors = errors.clone() if errors is not None else None
             self.jobs.append(Job(self, spec, receive, send, job_errors))
             receive = next_receive
@@ -87,9 +87,10 @@ class Run:
             errors.close()  # each job holds its own clone; the last one closes the input
         self.all_jobs = [*self.jobs, *([self.error_job] if self.error_job else [])]
 
-    def _stream(
+    def new_stream(
         self, queue_length: int
     ) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
+        """A memory object stream that the run closes when it ends."""
         send, receive = anyio.create_memory_object_stream[Any](queue_length)
         self._streams += (send, receive)
         return send, receive

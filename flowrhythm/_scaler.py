@@ -67,7 +67,7 @@ async def run_scaler(job: Job) -> None:
     strategy = make_strategy(knobs.strategy)
     counters = job.counters
     clock = counters.clock
-    receive = job.receive
+    receive = job.queue
     downstream = job.send
     low, high = capacity.min_workers, capacity.max_workers
 

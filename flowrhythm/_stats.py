@@ -37,6 +37,7 @@ class Counters:
         "idle_since",
         "outputs_adjust",
         "received",
+        "retried",
         "scale_downs",
         "scale_ups",
         "skipped",
@@ -54,6 +55,7 @@ class Counters:
         self.completed = 0
         self.skipped = 0
         self.errored = 0
+        self.retried = 0  # retries made (calls beyond the first)
         self.scale_ups = 0
         self.scale_downs = 0
         # Outputs handed downstream = completed + outputs_adjust. A plain call
@@ -137,6 +139,7 @@ class JobStats:
             any, was handed downstream).
         skipped: items dropped by :class:`StopProcessing`.
         errored: items that failed (handed to the error job, or failing the run).
+        retried: retries made by ``retry=`` (calls beyond each item's first).
         scale_ups: scaling decisions that added workers.
         scale_downs: scaling decisions that removed workers.
         active_seconds: worker-seconds spent running the processor so far.
@@ -162,6 +165,7 @@ class JobStats:
     completed: int
     skipped: int
     errored: int
+    retried: int
     scale_ups: int
     scale_downs: int
     active_seconds: float

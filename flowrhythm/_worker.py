@@ -15,6 +15,7 @@ after the item it is processing. It is never cancelled while holding an item.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -207,3 +208,102 @@ async def _generate(job: Job, fn: Callable[[Any], Any], item: Any) -> None:
         counters.outputs_adjust -= 1
     finally:
         await agen.aclose()
+
+
+async def work_general(
+    job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
+) -> None:
+    """The worker loop of a job with ``ordered=`` or ``batch=``.
+
+    The same steps as :func:`work`, plus a sequence number and a parked list of
+    outputs per input (ordered), and item counts per batch (batch). Kept apart
+    so that plain jobs pay nothing for either.
+    """
+    counters = job.counters
+    reorder = job.reorder
+    batched = job.spec.options.batch is not None
+    receive_nowait = job.receive.receive_nowait
+    budget = YIELD_EVERY
+
+    while True:
+        # -- take an input ------------------------------------------------------------
+        if item is NOTHING:
+            if reorder is not None:
+                await reorder.enter()
+            try:
+                item = receive_nowait()
+            except WouldBlock:
+                item = await wait_for_item(job, worker)
+                budget = YIELD_EVERY
+            except EndOfStream:
+                job.input_ended = True
+                item = NOTHING
+            if item is NOTHING:
+                if reorder is not None:
+                    reorder.leave()
+                return
+            seq = reorder.take() if reorder is not None else 0
+        else:  # handed over by the doorman
+            seq = reorder.number() if reorder is not None else 0
+        weight = len(item) if batched else 1
+        if not batched:
+            counters.received += 1
+
+        # -- process: outputs go downstream now, or park until their turn ---------------
+        outputs: list[Any] | None = [] if reorder is not None else None
+        await _process(job, fn, is_gen, item, weight, outputs)
+        if reorder is not None:
+            assert outputs is not None
+            await reorder.release(seq, outputs, job.forward)
+        item = NOTHING
+
+        budget -= 1
+        if not budget:
+            budget = YIELD_EVERY
+            if worker.retiring:
+                return
+            await checkpoint()
+
+
+async def _process(
+    job: Job,
+    fn: Callable[[Any], Any],
+    is_gen: bool,
+    item: Any,
+    weight: int,
+    outputs: list[Any] | None,
+) -> None:
+    """Run the processor over one input (or batch); count it ``weight`` times."""
+    counters = job.counters
+    try:
+        if is_gen:
+            async with contextlib.aclosing(fn(item)) as agen:
+                async for out in agen:
+                    if out.__class__ is LastWorkItem:
+                        job.end_input()
+                        continue
+                    counters.outputs_adjust += 1
+                    if outputs is not None:
+                        outputs.append(out)
+                    else:
+                        await job.forward(out)
+            counters.outputs_adjust -= 1
+        else:
+            out = await fn(item)
+            if out.__class__ is LastWorkItem:
+                job.end_input()
+                counters.outputs_adjust -= 1
+            elif outputs is not None:
+                outputs.append(out)
+            else:
+                await job.forward(out)
+    except StopProcessing:
+        counters.skipped += weight
+        return
+    except Exception as exc:  # noqa: BLE001 - every failure is routed
+        await job.fail(item, exc, weight)
+        return
+    except anyio.get_cancelled_exc_class() as exc:
+        raise await _spurious_cancel(exc) from exc
+    counters.completed += weight
+    counters.outputs_adjust += 1 - weight

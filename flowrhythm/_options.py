@@ -1,0 +1,286 @@
+"""The keyword job options of ``Flow.add``: their values, validation, and wrappers.
+
+``Retry`` and ``Batch`` are public values; :class:`JobOptions` gathers every
+option of one job. :func:`wrap` builds the processor a worker actually calls,
+from the inside out::
+
+    retry( rate limit -> timeout -> processor )
+
+so every attempt is one call start for the rate limit, waiting for a rate-limit
+slot does not count against the timeout, and a timed-out call can be retried.
+``ordered`` and ``batch`` change how items move rather than how one call runs;
+they live in :mod:`flowrhythm._ordered` and :mod:`flowrhythm._batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import attrs
+
+from ._errors import RouteToErrorQueue, StopProcessing
+from ._validate import check_number, count, number
+
+if TYPE_CHECKING:
+    from ._stats import Counters
+
+
+def _exception_types(value: object) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or not all(isinstance(t, type) and issubclass(t, Exception) for t in types):
+        raise TypeError(f"on must be an Exception subclass or a tuple of them, got {value!r}")
+    return types
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Retry:
+    """Retry a failing call with exponential back-off.
+
+    A failing call is retried up to ``attempts`` calls in all, waiting
+    ``backoff * 2**n`` seconds before retry ``n`` (the first retry waits
+    ``backoff``), capped at ``max_backoff``; with ``jitter`` each wait is
+    scaled by a random factor in ``[0.75, 1.25)`` (still capped), so retries
+    of many items do not fall into step. Only exceptions matching ``on`` are
+    retried; :class:`StopProcessing` and :class:`RouteToErrorQueue` never are.
+    After the last attempt the item goes the usual error way, and
+    :attr:`ErrorItem.attempts` says how many calls were made. A generator is
+    retried only if it fails before its first yield.
+
+    Raises:
+        TypeError, ValueError: ``attempts < 1``, negative ``backoff`` /
+            ``max_backoff``, or ``on`` not exception classes.
+
+    .. versionadded:: 0.1
+    """
+
+    attempts: int = attrs.field(default=3, validator=count(1))
+    backoff: float = attrs.field(default=0.1, validator=number(low=0.0))
+    max_backoff: float = attrs.field(default=10.0, validator=number(low=0.0))
+    jitter: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    on: tuple[type[BaseException], ...] = attrs.field(
+        default=(Exception,), converter=_exception_types
+    )
+
+    def wait(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (0 for the first)."""
+        delay = min(self.backoff * 2.0**retry, self.max_backoff)
+        if self.jitter:
+            delay = min(delay * random.uniform(0.75, 1.25), self.max_backoff)
+        return delay
+
+    def retries(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.on) and not isinstance(exc, StopProcessing | RouteToErrorQueue)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Batch:
+    """Hand the processor lists of up to ``size`` items.
+
+    A batch is sent as soon as it is full, ``timeout`` seconds after its first
+    item arrived, or when the input ends (the last partial batch is never lost).
+    One job gathers one batch at a time for all its workers. The processor's
+    return value goes downstream as one item; a failing batch is routed as one
+    :class:`ErrorItem` whose ``item`` is the list. Counters count items.
+
+    Raises:
+        TypeError, ValueError: ``size < 1`` or a negative ``timeout``.
+
+    .. versionadded:: 0.1
+    """
+
+    size: int = attrs.field(default=100, validator=count(1))
+    timeout: float = attrs.field(default=0.05, validator=number(low=0.0))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class JobOptions:
+    """Every keyword option of one job (private); all off by default."""
+
+    ordered: bool = False
+    retry: Retry | None = None
+    timeout: float | None = None
+    max_per_second: float | None = None
+    batch: Batch | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        ordered: object = False,
+        retry: object = None,
+        timeout: object = None,
+        max_per_second: object = None,
+        batch: object = None,
+    ) -> JobOptions:
+        if not isinstance(ordered, bool):
+            raise TypeError(f"ordered must be a bool, got {ordered!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be a Retry, got {retry!r}")
+        if batch is not None and not isinstance(batch, Batch):
+            raise TypeError(f"batch must be a Batch, got {batch!r}")
+        if timeout is not None:
+            timeout = check_number("timeout", timeout, low=0.0, low_open=True)
+        if max_per_second is not None:
+            max_per_second = check_number("max_per_second", max_per_second, low=0.0, low_open=True)
+        return cls(
+            ordered=ordered,
+            retry=retry,
+            timeout=timeout,
+            max_per_second=max_per_second,
+            batch=batch,
+        )
+
+    @property
+    def wraps_calls(self) -> bool:
+        return (
+            self.retry is not None or self.timeout is not None or self.max_per_second is not None
+        )
+
+
+@final
+class Exhausted(Exception):
+    """Carries the final failure of a retried call and how many calls were made."""
+
+    def __init__(self, exception: Exception, attempts: int) -> None:
+        super().__init__(exception)
+        self.exception = exception
+        self.attempts = attempts
+
+
+@final
+class RateLimit:
+    """A token bucket on call starts, shared by all the workers of one job in one run.
+
+    Slots are handed out ``1 / rate`` seconds apart in the order they are asked
+    for; a worker waiting for its slot counts as *blocked* (the limit, not the
+    worker count, is the bottleneck, so the scaler does not grow the job).
+    """
+
+    __slots__ = ("counters", "interval", "next_slot")
+
+    def __init__(self, rate: float, counters: Counters) -> None:
+        self.interval = 1.0 / rate
+        self.next_slot = -math.inf
+        self.counters = counters
+
+    async def acquire(self) -> None:
+        now = anyio.current_time()
+        slot = max(self.next_slot, now)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            since = self.counters.enter_blocked()
+            try:
+                await anyio.sleep(slot - now)
+            finally:
+                self.counters.leave_blocked(since)
+
+
+def wrap(
+    fn: Callable[[Any], Any],
+    is_gen: bool,
+    options: JobOptions,
+    counters: Counters,
+    limit: RateLimit | None,
+) -> Callable[[Any], Any]:
+    """The processor with retry, rate limit and timeout around it (per worker).
+
+    ``limit`` is the job's rate limit in this run, shared by all its workers.
+    """
+    if not options.wraps_calls:
+        return fn
+    return (
+        _wrap_gen(fn, options, counters, limit)
+        if is_gen
+        else _wrap_call(fn, options, counters, limit)
+    )
+
+
+def _wrap_call(
+    fn: Callable[[Any], Any], options: JobOptions, counters: Counters, limit: RateLimit | None
+) -> Callable[[Any], Any]:
+    timeout = options.timeout
+    retry = options.retry
+
+    async def once(item: Any) -> Any:
+        if limit is not None:
+            await limit.acquire()
+        if timeout is None:
+            return await fn(item)
+        with anyio.fail_after(timeout):
+            return await fn(item)
+
+    if retry is None:
+        return once
+
+    async def retried(item: Any) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return await once(item)
+            except Exception as exc:
+                if attempt >= retry.attempts or not retry.retries(exc):
+                    if attempt == 1:
+                        raise
+                    raise Exhausted(exc, attempt) from exc
+            await anyio.sleep(retry.wait(attempt - 1))
+            counters.retried += 1
+            attempt += 1
+
+    return retried
+
+
+def _wrap_gen(
+    fn: Callable[[Any], Any], options: JobOptions, counters: Counters, limit: RateLimit | None
+) -> Callable[[Any], Any]:
+    timeout = options.timeout
+    retry = options.retry
+
+    async def step(agen: Any) -> Any:
+        if timeout is None:
+            return await agen.__anext__()
+        with anyio.fail_after(timeout):
+            return await agen.__anext__()
+
+    async def generate(item: Any) -> AsyncIterator[Any]:
+        attempt = 1
+        while True:
+            if limit is not None:
+                await limit.acquire()
+            agen = fn(item)
+            async with contextlib.aclosing(agen):
+                try:
+                    first = await step(agen)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    if retry is None or attempt >= retry.attempts or not retry.retries(exc):
+                        if attempt == 1:
+                            raise
+                        raise Exhausted(exc, attempt) from exc
+                else:
+                    # past the first yield: never retried, never duplicated
+                    yield first
+                    while True:
+                        try:
+                            value = await step(agen)
+                        except StopAsyncIteration:
+                            return
+                        except Exception as exc:
+                            if attempt == 1:
+                                raise
+                            raise Exhausted(exc, attempt) from exc
+                        yield value
+            assert retry is not None
+            await anyio.sleep(retry.wait(attempt - 1))
+            counters.retried += 1
+            attempt += 1
+
+    return generate
