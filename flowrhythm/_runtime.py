@@ -80,7 +80,10 @@ class Run:
                 send, next_receive = self.new_stream(specs[index + 1].capacity.queue_length)
             elif results:
                 send, self.results = self.new_stream(spec.capacity.queue_length)
-            job_errors = errors.clone() if errors is not None else None
+            job_errors = None
+            if errors is not None:
+                job_errors = errors.clone()
+                self._streams.append(job_errors)
             self.jobs.append(Job(self, spec, receive, send, job_errors))
             receive = next_receive
         if errors is not None:
