@@ -22,6 +22,7 @@ from ._options import Exhausted, RateLimit, wrap
 from ._ordered import Reorder
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
+from ._timing import RateWindow
 from ._worker import NOTHING, Worker, work, work_general
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Job:
         "input_ended",
         "limiter",
         "queue",
+        "rate",
         "rate_limit",
         "receive",
         "reorder",
@@ -77,6 +79,7 @@ class Job:
         self.finished = False
         self.task_group: TaskGroup | None = None
         self.scaler_scope = anyio.CancelScope()
+        self.rate = RateWindow()
         # Offloaded calls: one limiter per job, its size following the worker count.
         options = spec.options
         self.reorder = (
@@ -278,7 +281,9 @@ class Job:
         c = self.counters
         capacity = self.spec.capacity
         workers = c.workers
-        active_seconds, idle_seconds, blocked_seconds = c.seconds(c.clock())
+        now = c.clock()
+        active_seconds, idle_seconds, blocked_seconds = c.seconds(now)
+        p50, p95, p99 = c.latency.percentiles(50, 95, 99)
         return JobStats(
             name=self.name,
             workers=workers,
@@ -299,4 +304,9 @@ class Job:
             active_seconds=active_seconds,
             idle_seconds=idle_seconds,
             blocked_seconds=blocked_seconds,
+            throughput=self.rate.rate(now, c.ended),
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            error_job=self is self.run.error_job,
         )

@@ -13,6 +13,8 @@ from typing import final
 
 import attrs
 
+from ._timing import Timings
+
 
 @final
 class Counters:
@@ -35,6 +37,7 @@ class Counters:
         "idle",
         "idle_seconds",
         "idle_since",
+        "latency",
         "outputs_adjust",
         "received",
         "retried",
@@ -68,6 +71,7 @@ class Counters:
         self.idle_since = 0.0
         self.blocked_seconds = 0.0
         self.blocked_since = 0.0
+        self.latency = Timings()  # processing times of sampled items
 
     @property
     def outputs(self) -> int:
@@ -145,6 +149,13 @@ class JobStats:
         active_seconds: worker-seconds spent running the processor so far.
         idle_seconds: worker-seconds spent waiting for input so far.
         blocked_seconds: worker-seconds spent blocked so far.
+        throughput: items per second that ended over the last two seconds or so.
+        p50: median processing time of an item, in seconds, over the last
+            1,024 timed items (every item slower than 100 µs, one in 32 of
+            faster ones); ``None`` before the first.
+        p95: the 95th percentile of the processing time, likewise.
+        p99: the 99th percentile of the processing time, likewise.
+        error_job: whether this is the flow's error job.
 
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
@@ -171,6 +182,17 @@ class JobStats:
     active_seconds: float
     idle_seconds: float
     blocked_seconds: float
+    throughput: float = 0.0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    error_job: bool = False
+
+    @property
+    def utilization(self) -> float:
+        """Share of worker-time spent running the processor so far."""
+        total = self.active_seconds + self.idle_seconds + self.blocked_seconds
+        return self.active_seconds / total if total > 0 else 0.0
 
     @property
     def in_flight(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -123,6 +124,7 @@ async def work(
     send_nowait = out.send_nowait if out is not None else None
     cancelled_exc = anyio.get_cancelled_exc_class()
     last = LastWorkItem
+    latency = counters.latency
     budget = YIELD_EVERY
 
     if item is NOTHING:
@@ -134,10 +136,20 @@ async def work(
 
         # -- process and forward ---------------------------------------------
         if is_gen:
-            await _generate(job, fn, item)
+            if counters.received & latency.mask:
+                await _generate(job, fn, item)
+            else:
+                started = perf_counter()
+                await _generate(job, fn, item)
+                latency.add(perf_counter() - started)
         else:
             try:
-                result = await fn(item)
+                if counters.received & latency.mask:
+                    result = await fn(item)
+                else:  # timed: see flowrhythm._timing.Timings
+                    started = perf_counter()
+                    result = await fn(item)
+                    latency.add(perf_counter() - started)
             except StopProcessing:
                 counters.skipped += 1
             except Exception as exc:  # noqa: BLE001 - every failure is routed
@@ -251,7 +263,12 @@ async def work_general(
 
         # -- process: outputs go downstream now, or park until their turn ---------------
         outputs: list[Any] | None = [] if reorder is not None else None
-        await _process(job, fn, is_gen, item, weight, outputs)
+        if counters.ended & counters.latency.mask:
+            await _process(job, fn, is_gen, item, weight, outputs)
+        else:
+            started = perf_counter()
+            await _process(job, fn, is_gen, item, weight, outputs)
+            counters.latency.add(perf_counter() - started)
         if reorder is not None:
             assert outputs is not None
             await reorder.release(seq, outputs, job.forward)
