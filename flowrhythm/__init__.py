@@ -14,6 +14,9 @@ from ._flow import Flow as Flow
 from ._options import Batch as Batch
 from ._options import Retry as Retry
 from ._processors import ProcessorFactory as ProcessorFactory
+from ._recorder import Timeline as Timeline
+from ._recorder import TimelinePoint as TimelinePoint
+from ._recorder import record as record
 from ._runtime import RunningFlow as RunningFlow
 from ._scaler import ScalingEvent as ScalingEvent
 from ._scaling import FixedStrategy as FixedStrategy
@@ -43,10 +46,13 @@ __all__ = [
     "ScalingStrategy",
     "StopProcessing",
     "Strategy",
+    "Timeline",
+    "TimelinePoint",
     "UtilizationCapacity",
     "UtilizationStrategy",
     "job_capacity",
     "job_name",
+    "record",
     "workers",
 ]
 

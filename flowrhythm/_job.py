@@ -79,7 +79,7 @@ class Job:
         self.finished = False
         self.task_group: TaskGroup | None = None
         self.scaler_scope = anyio.CancelScope()
-        self.rate = RateWindow()
+        self.rate = RateWindow(self.counters.clock())
         # Offloaded calls: one limiter per job, its size following the worker count.
         options = spec.options
         self.reorder = (
@@ -281,7 +281,7 @@ class Job:
         c = self.counters
         capacity = self.spec.capacity
         workers = c.workers
-        now = c.clock()
+        now = self.run.ended_at if self.run.ended_at is not None else c.clock()
         active_seconds, idle_seconds, blocked_seconds = c.seconds(now)
         p50, p95, p99 = c.latency.percentiles(50, 95, 99)
         return JobStats(

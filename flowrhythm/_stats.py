@@ -13,6 +13,7 @@ from typing import final
 
 import attrs
 
+from ._report import bottleneck, report
 from ._timing import Timings
 
 
@@ -221,3 +222,24 @@ class FlowStats:
     items_out: int
     elapsed: float
     done: bool
+
+    def bottleneck(self, since: FlowStats | None = None) -> str:
+        """Which job limits the flow, and why, in one line a person can read.
+
+        For example ``"parse: workers 100% active at max_workers=8, upstream
+        blocked 71% of the time"``. It looks at the share of worker-time each
+        job spent active, idle and blocked — since the run started, or since
+        the earlier snapshot ``since`` — and names the busiest job, or the
+        source (every job waits for input), or the consumer of the results
+        (the last job is blocked handing them on).
+
+        .. versionadded:: 0.1
+        """
+        return bottleneck(self, since)
+
+    def report(self) -> str:
+        """All jobs as a plain-text table, with totals and the bottleneck line.
+
+        .. versionadded:: 0.1
+        """
+        return report(self)

@@ -60,13 +60,14 @@ class RateWindow:
 
     __slots__ = ("points", "span")
 
-    def __init__(self, span: float = 2.0) -> None:
+    def __init__(self, start: float, span: float = 2.0) -> None:
         self.span = span
-        self.points: deque[tuple[float, int]] = deque()
+        # Until a second point exists, the rate is the average since the start.
+        self.points: deque[tuple[float, int]] = deque([(start, 0)])
 
     def rate(self, now: float, count: int) -> float:
         points = self.points
-        if not points or now - points[-1][0] >= self.span / 8:
+        if now - points[-1][0] >= self.span / 8:
             points.append((now, count))
         while len(points) > 2 and now - points[1][0] >= self.span:
             points.popleft()

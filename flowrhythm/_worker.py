@@ -128,7 +128,13 @@ async def work(
     budget = YIELD_EVERY
 
     if item is NOTHING:
-        item = await wait_for_item(job, worker)
+        try:
+            item = receive_nowait()
+        except WouldBlock:
+            item = await wait_for_item(job, worker)
+        except EndOfStream:
+            job.input_ended = True
+            return
         if item is NOTHING:
             return
     while True:
