@@ -111,7 +111,9 @@ class ScalingStrategy(Protocol):
     .. versionadded:: 0.1
     """
 
-    def decide(self, sample: ScalingSample, /) -> Decision: ...
+    def decide(self, sample: ScalingSample, /) -> Decision:
+        """Return the wanted worker count, or ``(count, reason)``."""
+        ...
 
 
 def _knobs(sample: ScalingSample) -> UtilizationCapacity:
