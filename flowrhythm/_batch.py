@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio import EndOfStream, WouldBlock
+from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
     from ._options import Batch
@@ -28,31 +31,57 @@ async def gather(
     batches: MemoryObjectSendStream[list[Any]],
     counters: Counters,
 ) -> None:
-    """Read ``source`` into lists of up to ``batch.size`` items, until it ends."""
+    """Read ``source`` into lists of up to ``batch.size`` items, until it ends.
+
+    Like the worker loop, it takes what is there without waiting first; it
+    opens a timeout scope only for a batch that is not full yet, and yields to
+    the scheduler at least every :data:`YIELD_EVERY` items.
+    """
     size, timeout = batch.size, batch.timeout
+    receive_nowait = source.receive_nowait
+    taken = 0  # items taken since the last time this task waited
     with batches:
         while True:
             try:
-                first = await source.receive()
+                first = receive_nowait()
+            except WouldBlock:
+                try:
+                    first = await source.receive()
+                except EndOfStream:
+                    return
+                taken = 0
             except EndOfStream:
                 return
             counters.received += 1
             items = [first]
             ended = False
-            with anyio.move_on_after(timeout):
-                while len(items) < size:
-                    try:
-                        items.append(source.receive_nowait())
-                    except WouldBlock:
+            while len(items) < size:
+                try:
+                    items.append(receive_nowait())
+                except WouldBlock:
+                    break
+                except EndOfStream:
+                    ended = True
+                    break
+                counters.received += 1
+            if len(items) < size and not ended and timeout > 0:
+                taken = 0
+                with anyio.move_on_after(timeout):
+                    while len(items) < size:
                         try:
                             items.append(await source.receive())
                         except EndOfStream:
                             ended = True
                             break
-                    except EndOfStream:
-                        ended = True
-                        break
-                    counters.received += 1
-            await batches.send(items)
+                        counters.received += 1
+            taken += len(items)
+            try:
+                batches.send_nowait(items)
+            except WouldBlock:
+                await batches.send(items)
+                taken = 0
             if ended:
                 return
+            if taken >= YIELD_EVERY:
+                taken = 0
+                await checkpoint()

@@ -118,9 +118,9 @@ class UtilizationCapacity(Capacity):
     .. versionadded:: 0.1
     """
 
-    lower_threshold: float = attrs.field(default=0.25, validator=number(low=0.0, high=1.0))
-    upper_threshold: float = attrs.field(default=0.75, validator=number(low=0.0, high=1.0))
-    cooldown: float = attrs.field(default=5.0, validator=number(low=0.0))
+    lower_threshold: float = attrs.field(default=0.4, validator=number(low=0.0, high=1.0))
+    upper_threshold: float = attrs.field(default=0.8, validator=number(low=0.0, high=1.0))
+    cooldown: float = attrs.field(default=1.0, validator=number(low=0.0))
     sampling: float = attrs.field(default=0.1, validator=number(low=0.0, low_open=True))
     dampening: float = attrs.field(
         default=0.5, validator=number(low=0.0, high=1.0, high_open=True)

@@ -9,6 +9,7 @@ worker has left, which is how end of input travels down the flow in order.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -199,12 +200,30 @@ class Job:
 
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
-            async with self.spec.stage.open(self.counters, self.limiter) as (fn, is_gen):
+            stage = self.spec.stage
+            async with stage.open(self.limiter) as (fn, is_gen):
                 options = self.spec.options
-                fn = wrap(fn, is_gen, options, self.counters, self.rate_limit)
+                fn = wrap(
+                    fn,
+                    is_gen,
+                    options,
+                    self.counters,
+                    limit=self.rate_limit,
+                    lock=stage.lock,
+                    interruptible=stage.executor is None or isinstance(stage.executor, Executor),
+                )
                 loop = work if options.batch is None and not options.ordered else work_general
                 try:
-                    await loop(self, worker, fn, is_gen, item)
+                    while True:
+                        with worker.scope:
+                            await loop(self, worker, fn, is_gen, item)
+                        item, worker.rescued = worker.rescued, NOTHING
+                        if item is NOTHING:
+                            break
+                        # Retired in the very instant an item arrived for it: the
+                        # retirement loses, the item is processed here.
+                        worker.renew()
+                        self.retiring -= 1
                 finally:
                     worker.leaving = True
         finally:

@@ -18,6 +18,8 @@ import contextlib
 import math
 import random
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -140,6 +142,7 @@ class JobOptions:
 
     @property
     def wraps_calls(self) -> bool:
+        """Whether ``retry``, ``timeout`` or ``max_per_second`` wrap each call."""
         return (
             self.retry is not None or self.timeout is not None or self.max_per_second is not None
         )
@@ -183,39 +186,101 @@ class RateLimit:
                 self.counters.leave_blocked(since)
 
 
+@final
+class Accounted:
+    """A resource manager whose waits count as *blocked*: more workers cannot help."""
+
+    __slots__ = ("counters", "manager")
+
+    def __init__(self, manager: AbstractAsyncContextManager[Any], counters: Counters) -> None:
+        self.manager = manager
+        self.counters = counters
+
+    async def __aenter__(self) -> Any:
+        since = self.counters.enter_blocked()
+        try:
+            return await self.manager.__aenter__()
+        finally:
+            self.counters.leave_blocked(since)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self.manager.__aexit__(exc_type, exc, tb)
+
+
 def wrap(
     fn: Callable[[Any], Any],
     is_gen: bool,
     options: JobOptions,
     counters: Counters,
-    limit: RateLimit | None,
+    *,
+    limit: RateLimit | None = None,
+    lock: AbstractAsyncContextManager[Any] | None = None,
+    interruptible: bool = True,
 ) -> Callable[[Any], Any]:
-    """The processor with retry, rate limit and timeout around it (per worker).
+    """The processor a worker calls, from the outside in::
 
-    ``limit`` is the job's rate limit in this run, shared by all its workers.
+        retry -> rate limit -> resource manager -> timeout -> processor
+
+    ``limit`` is the job's rate limit in this run, shared by all its workers;
+    ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either
+    counts as blocked and not against the timeout. ``interruptible`` is false
+    for calls running in threads or processes, which cannot be cancelled: their
+    timeout is checked when they return.
     """
-    if not options.wraps_calls:
+    if lock is not None:
+        lock = Accounted(lock, counters)
+    if not options.wraps_calls and lock is None:
         return fn
-    return (
-        _wrap_gen(fn, options, counters, limit)
-        if is_gen
-        else _wrap_call(fn, options, counters, limit)
-    )
+    if is_gen:
+        return _wrap_gen(fn, options, counters, limit, lock)
+    return _wrap_call(fn, options, counters, limit, lock, interruptible)
+
+
+def _final(exc: Exception, attempt: int) -> Exception:
+    """The exception that ends an item after ``attempt`` calls."""
+    if attempt == 1 or isinstance(exc, StopProcessing):
+        return exc
+    return Exhausted(exc, attempt)
 
 
 def _wrap_call(
-    fn: Callable[[Any], Any], options: JobOptions, counters: Counters, limit: RateLimit | None
+    fn: Callable[[Any], Any],
+    options: JobOptions,
+    counters: Counters,
+    limit: RateLimit | None,
+    lock: AbstractAsyncContextManager[Any] | None,
+    interruptible: bool,
 ) -> Callable[[Any], Any]:
     timeout = options.timeout
     retry = options.retry
 
+    async def timed(item: Any) -> Any:
+        if timeout is None:
+            return await fn(item)
+        if not interruptible:
+            started = anyio.current_time()
+            result = await fn(item)
+            if anyio.current_time() - started > timeout:
+                raise TimeoutError(f"the call took longer than {timeout:g}s")
+            return result
+        with anyio.fail_after(timeout) as scope:
+            result = await fn(item)
+        if scope.cancel_called:  # ran past the deadline without a checkpoint after it
+            raise TimeoutError(f"the call took longer than {timeout:g}s")
+        return result
+
     async def once(item: Any) -> Any:
         if limit is not None:
             await limit.acquire()
-        if timeout is None:
-            return await fn(item)
-        with anyio.fail_after(timeout):
-            return await fn(item)
+        if lock is None:
+            return await timed(item)
+        async with lock:
+            return await timed(item)
 
     if retry is None:
         return once
@@ -227,9 +292,10 @@ def _wrap_call(
                 return await once(item)
             except Exception as exc:
                 if attempt >= retry.attempts or not retry.retries(exc):
-                    if attempt == 1:
+                    final = _final(exc, attempt)
+                    if final is exc:
                         raise
-                    raise Exhausted(exc, attempt) from exc
+                    raise final from exc
             await anyio.sleep(retry.wait(attempt - 1))
             counters.retried += 1
             attempt += 1
@@ -238,7 +304,11 @@ def _wrap_call(
 
 
 def _wrap_gen(
-    fn: Callable[[Any], Any], options: JobOptions, counters: Counters, limit: RateLimit | None
+    fn: Callable[[Any], Any],
+    options: JobOptions,
+    counters: Counters,
+    limit: RateLimit | None,
+    lock: AbstractAsyncContextManager[Any] | None,
 ) -> Callable[[Any], Any]:
     timeout = options.timeout
     retry = options.retry
@@ -254,17 +324,18 @@ def _wrap_gen(
         while True:
             if limit is not None:
                 await limit.acquire()
-            agen = fn(item)
-            async with contextlib.aclosing(agen):
+            # the resource manager is held for the whole generator
+            async with lock or contextlib.nullcontext(), contextlib.aclosing(fn(item)) as agen:
                 try:
                     first = await step(agen)
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
                     if retry is None or attempt >= retry.attempts or not retry.retries(exc):
-                        if attempt == 1:
+                        final = _final(exc, attempt)
+                        if final is exc:
                             raise
-                        raise Exhausted(exc, attempt) from exc
+                        raise final from exc
                 else:
                     # past the first yield: never retried, never duplicated
                     yield first
@@ -274,9 +345,10 @@ def _wrap_gen(
                         except StopAsyncIteration:
                             return
                         except Exception as exc:
-                            if attempt == 1:
+                            final = _final(exc, attempt)
+                            if final is exc:
                                 raise
-                            raise Exhausted(exc, attempt) from exc
+                            raise final from exc
                         yield value
             assert retry is not None
             await anyio.sleep(retry.wait(attempt - 1))

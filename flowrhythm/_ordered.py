@@ -1,12 +1,13 @@
 """Ordered output: a bounded reorder window shared by the workers of one job.
 
-Each input gets a sequence number when a worker takes it. A worker that
-finishes out of turn parks its outputs and goes on with the next input; the
-worker that finishes the head releases it and every parked output behind it,
-in order. At most ``window`` (the job's ``max_workers``) inputs are running or
-finished-but-unreleased at once, counting the workers already waiting for an
-input: a worker that would exceed it waits (counted as *blocked*), so memory
-is bounded by the window, never by the length of the stream.
+Each input gets a sequence number in the instant it leaves the job's queue
+(one worker at a time waits for input, under :attr:`Reorder.lock`). A worker
+that finishes out of turn parks its outputs and goes on with the next input;
+the worker that finishes the head releases it and every parked output behind
+it, in order. At most ``window`` (the job's ``max_workers``) inputs are running
+or finished-but-unreleased at once: the worker that would take one more waits
+(counted as *blocked*), so memory is bounded by the window, never by the
+length of the stream.
 """
 
 from __future__ import annotations
@@ -24,30 +25,26 @@ if TYPE_CHECKING:
 class Reorder:
     """The reorder window of one job in one run (private)."""
 
-    __slots__ = (
-        "counters",
-        "draining",
-        "head",
-        "next_seq",
-        "parked",
-        "pending",
-        "space",
-        "window",
-    )
+    __slots__ = ("counters", "draining", "head", "lock", "next_seq", "parked", "space", "window")
 
     def __init__(self, window: int, counters: Counters) -> None:
         self.window = window
         self.counters = counters
         self.next_seq = 0  # the number the next input gets
         self.head = 0  # the next number to release
-        self.pending = 0  # workers past the gate, waiting for an input
-        self.parked: dict[int, list[Any]] = {}
+        # seq -> (outputs, items completed by them)
+        self.parked: dict[int, tuple[list[Any], int]] = {}
         self.draining = False
         self.space: anyio.Event | None = None
+        # Held by the one worker that waits for the next input (see take_in_order).
+        self.lock = anyio.Lock()
 
-    async def enter(self) -> None:
-        """Wait for room in the window, then hold a place for the next input."""
-        while self.next_seq - self.head + self.pending >= self.window:
+    def has_room(self) -> bool:
+        return self.next_seq - self.head < self.window
+
+    async def wait_for_room(self) -> None:
+        """Wait (blocked) until the window can take one more input."""
+        while not self.has_room():
             if self.space is None:
                 self.space = anyio.Event()
             since = self.counters.enter_blocked()
@@ -55,38 +52,38 @@ class Reorder:
                 await self.space.wait()
             finally:
                 self.counters.leave_blocked(since)
-        self.pending += 1
-
-    def leave(self) -> None:
-        """Give the place back without an input (end of input, retirement)."""
-        self.pending -= 1
-        self._wake()
 
     def take(self) -> int:
-        """The place becomes the next input: return its sequence number."""
-        self.pending -= 1
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        return seq
-
-    def number(self) -> int:
-        """A sequence number for an input taken without :meth:`enter` (the doorman's)."""
+        """Number the input just taken from the queue."""
         seq = self.next_seq
         self.next_seq = seq + 1
         return seq
 
     async def release(
-        self, seq: int, outputs: list[Any], forward: Callable[[Any], Awaitable[None]]
+        self,
+        seq: int,
+        outputs: list[Any],
+        completed: int,
+        forward: Callable[[Any], Awaitable[None]],
     ) -> None:
-        """Input ``seq`` is done: forward everything that is now in order."""
-        self.parked[seq] = outputs
+        """Input ``seq`` is done: forward everything that is now in order.
+
+        ``completed`` items (the input, or a batch's items, if its processing
+        ended normally) are counted as completed once their outputs are handed
+        on: until then they are still in flight.
+        """
+        self.parked[seq] = (outputs, completed)
         if self.draining:
             return  # the worker draining the head will reach it
         self.draining = True
+        counters = self.counters
         try:
             while self.head in self.parked:
-                for value in self.parked.pop(self.head):
+                values, done = self.parked.pop(self.head)
+                for value in values:
                     await forward(value)
+                counters.completed += done
+                counters.outputs_adjust += len(values) - done
                 self.head += 1
                 self._wake()
         finally:

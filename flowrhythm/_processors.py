@@ -8,8 +8,8 @@ A job's processor is one of:
 * a :class:`ProcessorFactory`, entered once per worker, yielding one of the above.
 
 :class:`Stage` is what the runtime sees: per worker, :meth:`Stage.open` yields a
-``(function, is_generator)`` pair, with the resource manager of
-``add_job_with_lock`` already wrapped around every call.
+``(function, is_generator)`` pair; the job wraps the resource manager of
+``add_job_with_lock`` and the job options around it (:func:`flowrhythm._options.wrap`).
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ import functools
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 import anyio
 import attrs
 
 from ._offload import ExecutorSpec, check_offload, offloaded
-
-if TYPE_CHECKING:
-    from ._stats import Counters
 
 #: A processor after normalisation: a coroutine function, or an async generator
 #: function (then ``is_generator`` is true).
@@ -123,52 +119,6 @@ def kind(processor: object, *, what: str = "processor") -> bool:
 
 
 @final
-class _Accounted:
-    """A resource manager whose waits count as *blocked*: more workers cannot help."""
-
-    __slots__ = ("counters", "manager")
-
-    def __init__(self, manager: AbstractAsyncContextManager[Any], counters: Counters) -> None:
-        self.manager = manager
-        self.counters = counters
-
-    async def __aenter__(self) -> Any:
-        since = self.counters.enter_blocked()
-        try:
-            return await self.manager.__aenter__()
-        finally:
-            self.counters.leave_blocked(since)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self.manager.__aexit__(exc_type, exc, tb)
-
-
-def _with_lock(
-    fn: Any, manager: AbstractAsyncContextManager[Any], is_gen: bool, counters: Counters
-) -> Any:
-    lock = _Accounted(manager, counters)
-    if is_gen:
-
-        async def locked_gen(item: Any) -> AsyncIterator[Any]:
-            async with lock, contextlib.aclosing(fn(item)) as agen:
-                async for out in agen:
-                    yield out
-
-        return locked_gen
-
-    async def locked(item: Any) -> Any:
-        async with lock:
-            return await fn(item)
-
-    return locked
-
-
-@final
 @attrs.frozen
 class Stage:
     """The normalised processor of one job definition."""
@@ -200,16 +150,18 @@ class Stage:
 
     @contextlib.asynccontextmanager
     async def open(
-        self, counters: Counters, limiter: anyio.CapacityLimiter | None = None
+        self, limiter: anyio.CapacityLimiter | None = None
     ) -> AsyncIterator[tuple[Any, bool]]:
-        """Per worker: yield ``(function, is_generator)``; enter/exit a factory."""
+        """Per worker: yield ``(function, is_generator)``; enter/exit a factory.
+
+        The function is the processor itself (offloaded if ``executor=``); the
+        resource manager and the job options are wrapped around it by the job.
+        """
         if not isinstance(self.processor, ProcessorFactory):
             fn = self.processor
             if self.executor is not None:
                 assert limiter is not None
                 fn = offloaded(fn, self.executor, limiter)
-            if self.lock is not None:
-                fn = _with_lock(fn, self.lock, self.is_generator, counters)
             yield fn, self.is_generator
             return
 
@@ -221,10 +173,7 @@ class Stage:
         processor = await manager.__aenter__()
         try:
             is_gen = kind(processor, what="the processor yielded by ProcessorFactory")
-            fn = processor
-            if self.lock is not None:
-                fn = _with_lock(processor, self.lock, is_gen, counters)
-            yield fn, is_gen
+            yield processor, is_gen
         except BaseException as exc:
             # The worker's exception (or cancellation) always propagates: a
             # factory may observe it but not swallow it.

@@ -172,25 +172,30 @@ class UtilizationStrategy:
     """The default strategy: grow fast by Little's law, shrink slowly, know when to stop.
 
     * **Utilization** is the share of worker-time spent running the processor.
-      Time blocked on a full downstream queue (or on the resource manager) is
-      not busy, and while it is a noticeable share (``blocked_limit``) or the
-      downstream queue is at least half full, the job never grows: the
+      Time blocked on a full downstream queue (or on the resource manager, or a
+      rate limit) is not busy; while it is a noticeable share (``blocked_limit``)
+      or the downstream queue is at least half full, the job never grows: the
       bottleneck is elsewhere, and more workers cannot help.
     * **Grow** when utilization is above ``upper_threshold`` and input is
-      waiting, to ``(demand + backlog * service_time / drain_time) / target``
-      workers, where demand is the larger of the busy workers and arrival rate
-      * service time (Little's law), and ``target`` is the middle of the band.
-      Each step is at most ``max(2 * workers, workers + 4)``.
-    * **Shrink** only after utilization has stayed below ``lower_threshold``
-      for the ``cooldown``, to the highest recommendation over that window
-      (from busy workers smoothed by ``dampening``), by at most a quarter of the
-      workers per tick.
-    * **Ineffective scaling**: if a step up raised throughput by less than
-      ``ineffective_gain`` (10%) of what the added workers should have brought —
-      a hidden limit such as a semaphore or a rate-limited API — go back to the
-      previous size and stay capped there, probing again after
-      ``probe_after`` seconds, doubling on every failed probe up to
-      ``max_probe_after``.
+      waiting, to ``demand / target + backlog * service_time / drain_time``
+      workers (Little's law), where demand is the larger of the busy workers and
+      arrival rate * service time, and ``target`` lies two thirds of the way up
+      the band ``[lower_threshold, upper_threshold]``. Each step is at most
+      ``max(2 * workers, workers + 4)``, so 1 -> 64 takes a handful of ticks.
+    * **Shrink** only after utilization, smoothed by ``dampening``, has stayed
+      below ``lower_threshold`` for the ``cooldown``; then step toward the
+      highest recommendation seen over that window (smoothed busy workers /
+      target), at most a quarter of the workers per tick, for as long as
+      utilization stays below the target. Every step lands inside the band.
+    * **Ineffective scaling**: after a step up the job holds until the new
+      workers have had time to finish items (at least ``min_judged`` items and
+      twice the service time). If throughput rose by less than
+      ``ineffective_gain`` (10%) of what they should have brought — a hidden
+      limit such as a semaphore or a rate-limited API — the job goes back to the
+      previous size and stays capped there; if it rose by less than half, the
+      job keeps the workers but grows no further. Either way it probes again
+      (one step of +25%, judged over a longer window) after ``probe_after``
+      seconds, doubling on every disappointing step up to ``max_probe_after``.
 
     .. versionadded:: 0.1
     """
@@ -201,39 +206,49 @@ class UtilizationStrategy:
         drain_time: float = 0.5,
         blocked_limit: float = 0.05,
         ineffective_gain: float = 0.1,
+        min_judged: int = 20,
         probe_after: float = 2.0,
         max_probe_after: float = 60.0,
     ) -> None:
         self.drain_time = drain_time
         self.blocked_limit = blocked_limit
         self.ineffective_gain = ineffective_gain
+        self.min_judged = min_judged
         self.probe_after = probe_after
         self.max_probe_after = max_probe_after
         self._smoothed_busy: float | None = None
+        self._smoothed_utilization: float | None = None
         self._window: deque[tuple[float, int]] = deque()  # (time, recommendation)
         self._low_since: float | None = None
-        self._pending: tuple[int, int, float] | None = None  # (before, after, rate before)
+        self._shrinking = False
+        self._step: _Step | None = None  # the last step up, until judged
         self._cap: int | None = None
         self._cap_until = 0.0
+        self._probing = False
         self._failures = 0
 
     def decide(self, sample: ScalingSample, /) -> Decision:
         knobs = _knobs(sample)
         workers = sample.workers
-        target = (knobs.lower_threshold + knobs.upper_threshold) / 2
+        lower, upper = knobs.lower_threshold, knobs.upper_threshold
+        target = lower + (upper - lower) * 2 / 3
         utilization = sample.utilization
         busy = sample.busy
         d = knobs.dampening
-        smoothed = (
-            busy if self._smoothed_busy is None else d * self._smoothed_busy + (1 - d) * busy
-        )
-        self._smoothed_busy = smoothed
+        if self._smoothed_busy is None or self._smoothed_utilization is None:
+            self._smoothed_busy, self._smoothed_utilization = busy, utilization
+        else:
+            self._smoothed_busy = d * self._smoothed_busy + (1 - d) * busy
+            self._smoothed_utilization = d * self._smoothed_utilization + (1 - d) * utilization
+        rate_now = sample.throughput  # measured at the current worker count
 
-        verdict = self._judge_last_step(sample)
-        if verdict is not None:
-            return verdict
+        if self._step is not None:
+            verdict = self._judge(sample)
+            if verdict is not None or self._step is not None:
+                return verdict if verdict is not None else workers  # hold while judging
         if self._cap is not None and sample.time >= self._cap_until:
-            self._cap = None  # probe: allow one more step up
+            self._cap = None
+            self._probing = True  # the next step up is a small probe
 
         # -- grow -----------------------------------------------------------------
         downstream_full = (
@@ -243,75 +258,119 @@ class UtilizationStrategy:
             and sample.downstream_depth * 2 >= sample.downstream_length
         )
         if (
-            utilization > knobs.upper_threshold
+            utilization > upper
             and sample.queue_depth > 0
-            and not sample.input_closed
             and sample.blocked_share < self.blocked_limit
             and not downstream_full
         ):
             self._low_since = None
+            self._shrinking = False
             self._window.clear()
             # service time per item; with no completion the items outlast the tick
             service = sample.active / sample.completed if sample.completed else sample.interval
             demand = max(busy, sample.arrivals / sample.interval * service)
             backlog = sample.queue_depth * service / self.drain_time
-            wanted = math.ceil((demand + backlog) / target)
-            ceiling = max(2 * workers, workers + 4)
+            wanted = math.ceil(demand / target + backlog)
+            if self._probing:
+                ceiling = workers + max(1, workers // 4)
+            else:
+                ceiling = max(2 * workers, workers + 4)
             if self._cap is not None:
                 ceiling = min(ceiling, self._cap)
             new = min(wanted, ceiling, sample.max_workers)
             if new > workers:
-                self._pending = (workers, new, sample.throughput)
+                self._step = _Step(workers, new, rate_now, service)
                 return new, (
-                    f"utilization {utilization:.0%} > {knobs.upper_threshold:.0%} "
-                    f"with {sample.queue_depth} waiting"
+                    f"utilization {utilization:.0%} > {upper:.0%} "
+                    f"with {sample.queue_depth} waiting" + (" (probe)" if self._probing else "")
                 )
             return workers
 
         # -- shrink -----------------------------------------------------------------
-        if utilization >= knobs.lower_threshold or workers <= sample.min_workers:
+        smoothed_utilization = self._smoothed_utilization
+        low = smoothed_utilization < lower
+        if workers <= sample.min_workers or not (
+            low or (self._shrinking and smoothed_utilization < target)
+        ):
             self._low_since = None
+            self._shrinking = False
             self._window.clear()
             return workers
         # (rounded, so that an exponentially decaying average reaches zero)
-        recommended = max(math.ceil(round(smoothed / target, 2)), sample.min_workers)
+        recommended = max(math.ceil(round(self._smoothed_busy / target, 2)), sample.min_workers)
         if self._low_since is None:
             self._low_since = sample.time
         self._window.append((sample.time, recommended))
         while sample.time - self._window[0][0] > knobs.cooldown:
             self._window.popleft()
-        if sample.time - self._low_since < knobs.cooldown:
+        if not self._shrinking and sample.time - self._low_since < knobs.cooldown:
             return workers
+        self._shrinking = True
         floor = max(max(r for _, r in self._window), workers - max(1, workers // 4))
         if floor < workers:
             return floor, (
-                f"utilization {utilization:.0%} < {knobs.lower_threshold:.0%} "
-                f"for {knobs.cooldown:g}s"
+                f"utilization {smoothed_utilization:.0%} < {lower:.0%} for {knobs.cooldown:g}s"
             )
+        self._shrinking = False
         return workers
 
-    def _judge_last_step(self, sample: ScalingSample) -> Decision | None:
-        """Did the last step up pay? If not, go back and cap the job for a while."""
-        pending, self._pending = self._pending, None
-        if pending is None or sample.queue_depth == 0:
-            return None  # nothing to judge, or input ran out: the test is void
-        before, after, rate_before = pending
-        if sample.workers != after or before <= 0:
+    def _judge(self, sample: ScalingSample) -> Decision | None:
+        """Did the last step up pay? If not, go back and cap the job for a while.
+
+        Returns a decision once judged to be ineffective, ``None`` otherwise;
+        ``self._step`` stays set while the verdict is still out.
+        """
+        step = self._step
+        assert step is not None
+        if sample.workers != step.after or step.before <= 0:
+            self._step = None  # something else changed the pool: no verdict
             return None
-        expected_gain = rate_before * (after - before) / before
-        gain = sample.throughput - rate_before
-        if expected_gain <= 0 or gain >= self.ineffective_gain * expected_gain:
-            if self._cap is None:
-                self._failures = 0
+        if sample.queue_depth == 0:
+            self._step = None  # input ran out: more workers were not needed, the test is void
+            return None
+        step.completed += sample.completed
+        step.seconds += sample.interval
+        # A probe changes the pool by a little: judge it over a longer window.
+        at_least = 2 * step.service + (3 * sample.interval if self._probing else 0.0)
+        ready = step.completed >= self.min_judged and step.seconds >= at_least
+        if not ready and step.seconds < 10 * max(sample.interval, step.service):
+            return None  # not enough evidence yet: hold
+        self._step = None
+        rate = step.completed / step.seconds
+        expected_gain = step.rate_before * (step.after - step.before) / step.before
+        gain = rate - step.rate_before
+        probing, self._probing = self._probing, False
+        if expected_gain <= 0 or gain >= 0.5 * expected_gain:
+            self._failures = 0  # clearly worth it
             return None
         delay = min(self.probe_after * 2**self._failures, self.max_probe_after)
         self._failures += 1
-        self._cap = before
         self._cap_until = sample.time + delay
-        return before, (
-            f"ineffective: {before} -> {after} workers raised throughput by "
-            f"{gain:.0f}/s of an expected {expected_gain:.0f}/s; capped for {delay:g}s"
+        if gain >= self.ineffective_gain * expected_gain:
+            # Diminishing returns: keep the workers, but grow no further for a while.
+            self._cap = step.after
+            return None
+        self._cap = step.before
+        return step.before, (
+            f"ineffective{' probe' if probing else ''}: {step.before} -> {step.after} workers "
+            f"raised throughput by {gain:.0f}/s of an expected {expected_gain:.0f}/s; "
+            f"capped for {delay:g}s"
         )
+
+
+@final
+class _Step:
+    """A step up waiting for its verdict."""
+
+    __slots__ = ("after", "before", "completed", "rate_before", "seconds", "service")
+
+    def __init__(self, before: int, after: int, rate_before: float, service: float) -> None:
+        self.before = before
+        self.after = after
+        self.rate_before = rate_before
+        self.service = service
+        self.completed = 0
+        self.seconds = 0.0
 
 
 def make_strategy(spec: Strategy | Callable[[], ScalingStrategy]) -> ScalingStrategy:

@@ -8,9 +8,9 @@ the processor (*active*). So that a busy worker never starves cancellation or
 other tasks, it also yields every :data:`YIELD_EVERY` items that went through
 without waiting.
 
-A worker is retired only at a safe point: while it waits for input (its idle
-wait runs in its own cancel scope, which :meth:`Worker.retire` cancels), or
-after the item it is processing. It is never cancelled while holding an item.
+A worker is retired only at a safe point: while it waits for input (its cancel
+scope, which :meth:`Worker.retire` cancels only then), or after the item it is
+processing. It is never cancelled while holding an item.
 """
 
 from __future__ import annotations
@@ -28,37 +28,45 @@ from ._errors import LastWorkItem, StopProcessing
 
 if TYPE_CHECKING:
     from ._job import Job
+    from ._ordered import Reorder
 
 #: Items a worker may take without waiting before it yields to the scheduler.
 YIELD_EVERY: Final = 64
+
+#: Marks "no item" where ``None`` is a valid item.
+NOTHING: Final[Any] = object()
 
 
 @final
 class Worker:
     """One worker task's handle: how a scaler retires it safely.
 
-    ``retiring`` asks the worker to leave at its next safe point; while the
-    worker is busy the request can still be withdrawn (:meth:`revive`).
-    ``leaving`` means it is past that point and will not take another item.
+    Each worker runs in its own cancel scope. :meth:`retire` cancels that scope
+    only while the worker waits for input, holding no item; otherwise it only
+    asks the worker to leave after its current item. ``leaving`` means the
+    retirement has taken effect and can no longer be withdrawn.
     """
 
-    __slots__ = ("idle_scope", "leaving", "retiring")
+    __slots__ = ("leaving", "rescued", "retiring", "scope", "waiting")
 
     def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.waiting = False  # in the idle wait for input: safe to cancel
         self.retiring = False
         self.leaving = False
-        self.idle_scope: anyio.CancelScope | None = None
+        # An item that arrived just as the worker was retired (see wait_for_item).
+        self.rescued: Any = NOTHING
 
     @property
     def idle(self) -> bool:
-        return self.idle_scope is not None
+        return self.waiting
 
     def retire(self) -> None:
         """Ask the worker to stop at its next safe point (never mid-item)."""
         self.retiring = True
-        if self.idle_scope is not None:
+        if self.waiting:
             self.leaving = True
-            self.idle_scope.cancel()
+            self.scope.cancel()
 
     def revive(self) -> bool:
         """Withdraw a retirement request that has not taken effect yet."""
@@ -66,6 +74,11 @@ class Worker:
             self.retiring = False
             return True
         return False
+
+    def renew(self) -> None:
+        """After a rescue: a fresh scope, and no longer retiring."""
+        self.scope = anyio.CancelScope()
+        self.retiring = self.leaving = False
 
 
 async def _spurious_cancel(exc: BaseException) -> RuntimeError:
@@ -82,33 +95,34 @@ async def _spurious_cancel(exc: BaseException) -> RuntimeError:
     )
 
 
-#: Marks "no item" where ``None`` is a valid item.
-NOTHING: Final[Any] = object()
-
-
 async def wait_for_item(job: Job, worker: Worker) -> Any:
     """The slow path of receiving: wait (idle) for the next item.
 
     Returns :data:`NOTHING` when the worker should leave: its input ended, or it
-    was retired while it waited (holding no item).
+    was retired while it waited. The wait is the only place where a worker's
+    cancel scope is cancelled; anyio neither hands an item to a receiver whose
+    cancellation is pending nor cancels a task whose wait already completed, so
+    if an item arrived in the same instant the retirement came, ``receive``
+    returns it: then the item is kept in :attr:`Worker.rescued` for the worker
+    task to process outside the cancelled scope.
     """
     if worker.retiring:
         return NOTHING
     counters = job.counters
     since = counters.enter_idle()
+    worker.waiting = True
     try:
-        if job.scales:
-            worker.idle_scope = scope = anyio.CancelScope()
-            with scope:
-                return await job.receive.receive()
-            return NOTHING  # retired while idle (the scope swallowed the cancel)
-        return await job.receive.receive()
+        item = await job.receive.receive()
     except EndOfStream:
         job.input_ended = True
         return NOTHING
     finally:
+        worker.waiting = False
         counters.leave_idle(since)
-        worker.idle_scope = None
+    if worker.leaving:
+        worker.rescued = item
+        return NOTHING
+    return item
 
 
 async def work(
@@ -182,11 +196,11 @@ async def work(
         budget -= 1
         if not budget:
             budget = YIELD_EVERY
-            if worker.retiring:
-                return
             await checkpoint()
 
         # -- receive the next item: without waiting if one is there ---------------
+        if worker.retiring:
+            return  # asked to leave: this is the safe point after an item
         try:
             item = receive_nowait()
         except WouldBlock:
@@ -245,24 +259,30 @@ async def work_general(
 
     while True:
         # -- take an input ------------------------------------------------------------
+        seq = 0
         if item is NOTHING:
             if reorder is not None:
-                await reorder.enter()
-            try:
-                item = receive_nowait()
-            except WouldBlock:
-                item = await wait_for_item(job, worker)
-                budget = YIELD_EVERY
-            except EndOfStream:
-                job.input_ended = True
-                item = NOTHING
-            if item is NOTHING:
-                if reorder is not None:
-                    reorder.leave()
-                return
-            seq = reorder.take() if reorder is not None else 0
-        else:  # handed over by the doorman
-            seq = reorder.number() if reorder is not None else 0
+                taken = await take_in_order(job, worker, reorder)
+                if taken is NOTHING:
+                    return
+                item, seq = taken
+            else:
+                if worker.retiring:
+                    return
+                try:
+                    item = receive_nowait()
+                except WouldBlock:
+                    item = await wait_for_item(job, worker)
+                    budget = YIELD_EVERY
+                except EndOfStream:
+                    job.input_ended = True
+                    return
+                if item is NOTHING:
+                    return
+        elif isinstance(item, Numbered):  # rescued after a lost retirement race
+            item, seq = item.item, item.seq
+        elif reorder is not None:  # handed over by the doorman: no other worker
+            seq = reorder.take()
         weight = len(item) if batched else 1
         if not batched:
             counters.received += 1
@@ -270,22 +290,83 @@ async def work_general(
         # -- process: outputs go downstream now, or park until their turn ---------------
         outputs: list[Any] | None = [] if reorder is not None else None
         if counters.ended & counters.latency.mask:
-            await _process(job, fn, is_gen, item, weight, outputs)
+            ok = await _process(job, fn, is_gen, item, weight, outputs)
         else:
             started = perf_counter()
-            await _process(job, fn, is_gen, item, weight, outputs)
+            ok = await _process(job, fn, is_gen, item, weight, outputs)
             counters.latency.add(perf_counter() - started)
         if reorder is not None:
             assert outputs is not None
-            await reorder.release(seq, outputs, job.forward)
+            await reorder.release(seq, outputs, weight if ok else 0, job.forward)
         item = NOTHING
 
         budget -= 1
         if not budget:
             budget = YIELD_EVERY
-            if worker.retiring:
-                return
             await checkpoint()
+
+
+@final
+class Numbered:
+    """An input and its sequence number, kept together across a rescue."""
+
+    __slots__ = ("item", "seq")
+
+    def __init__(self, item: Any, seq: int) -> None:
+        self.item = item
+        self.seq = seq
+
+
+async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
+    """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
+
+    Inputs are numbered in the order they leave the queue. Without waiting, a
+    worker takes one only if nobody is waiting for input and the window has
+    room. Otherwise it waits for room (blocked), then queues on the reorder lock
+    (idle); the holder waits for an input and numbers it before anyone else can
+    take one. A worker in here holds no item, so retiring it is safe throughout.
+    """
+    if worker.retiring:
+        return NOTHING
+    if not reorder.lock.locked() and reorder.has_room():
+        try:
+            return job.receive.receive_nowait(), reorder.take()
+        except WouldBlock:
+            pass
+        except EndOfStream:
+            job.input_ended = True
+            return NOTHING
+    counters = job.counters
+    worker.waiting = True
+    try:
+        while True:
+            await reorder.wait_for_room()  # blocked while the window is full
+            since = counters.enter_idle()
+            try:
+                await reorder.lock.acquire()  # idle: another worker waits for input
+            finally:
+                counters.leave_idle(since)
+            if reorder.has_room():
+                break
+            reorder.lock.release()  # the window filled up meanwhile
+        try:
+            since = counters.enter_idle()
+            try:
+                item = await job.receive.receive()
+            except EndOfStream:
+                job.input_ended = True
+                return NOTHING
+            finally:
+                counters.leave_idle(since)
+            seq = reorder.take()
+        finally:
+            reorder.lock.release()
+    finally:
+        worker.waiting = False
+    if worker.leaving:
+        worker.rescued = Numbered(item, seq)
+        return NOTHING
+    return item, seq
 
 
 async def _process(
@@ -295,8 +376,14 @@ async def _process(
     item: Any,
     weight: int,
     outputs: list[Any] | None,
-) -> None:
-    """Run the processor over one input (or batch); count it ``weight`` times."""
+) -> bool:
+    """Run the processor over one input (or batch of ``weight`` items).
+
+    With ``outputs`` (ordered), the outputs are collected there and counted when
+    the reorder window releases them; otherwise they go downstream now and are
+    counted here. Skipped and failed items are counted here. Returns whether
+    the processing ended normally.
+    """
     counters = job.counters
     try:
         if is_gen:
@@ -304,29 +391,32 @@ async def _process(
                 async for out in agen:
                     if out.__class__ is LastWorkItem:
                         job.end_input()
-                        continue
-                    counters.outputs_adjust += 1
-                    if outputs is not None:
+                    elif outputs is not None:
                         outputs.append(out)
                     else:
+                        counters.outputs_adjust += 1
                         await job.forward(out)
-            counters.outputs_adjust -= 1
+            if outputs is None:
+                counters.outputs_adjust -= 1
         else:
             out = await fn(item)
             if out.__class__ is LastWorkItem:
                 job.end_input()
-                counters.outputs_adjust -= 1
+                if outputs is None:
+                    counters.outputs_adjust -= 1
             elif outputs is not None:
                 outputs.append(out)
             else:
                 await job.forward(out)
     except StopProcessing:
         counters.skipped += weight
-        return
+        return False
     except Exception as exc:  # noqa: BLE001 - every failure is routed
         await job.fail(item, exc, weight)
-        return
+        return False
     except anyio.get_cancelled_exc_class() as exc:
         raise await _spurious_cancel(exc) from exc
-    counters.completed += weight
-    counters.outputs_adjust += 1 - weight
+    if outputs is None:
+        counters.completed += weight
+        counters.outputs_adjust += 1 - weight
+    return True
