@@ -282,6 +282,13 @@ class Job:
         errors = self.errors
         if errors is None:
             self.counters.errored += weight
+            if (
+                isinstance(item, ErrorItem)
+                and self is self.run.error_job
+                and exc.__cause__ is None
+                and exc.__context__ is None
+            ):
+                exc.__context__ = item.exception  # keep the failure it was handling
             raise exc
         error = ErrorItem(item=item, exception=exc, job=self.name, attempts=attempts)
         try:

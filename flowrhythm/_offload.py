@@ -21,7 +21,7 @@ import inspect
 import pickle
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, Final, Literal
 
 import anyio
@@ -123,10 +123,14 @@ def offloaded(
 
     assert isinstance(executor, Executor)
     pool = executor
+    # Threads share this process: their exceptions need no pickling check.
+    call: Callable[..., Any] = (
+        call_and_check if not isinstance(pool, ThreadPoolExecutor) else lambda f, i: f(i)
+    )
 
     async def in_executor(item: Any) -> Any:
         async with limiter:
-            return await wait_future(pool.submit(call_and_check, fn, item))
+            return await wait_future(pool.submit(call, fn, item))
 
     return in_executor
 
@@ -141,12 +145,15 @@ async def wait_future(future: Future[Any]) -> Any:
         done = anyio.Event()
         token = anyio.lowlevel.current_token()
         loop_thread = threading.get_ident()
+        abandoned = False
 
         def wake(_: Future[Any]) -> None:
+            if abandoned:
+                return  # nobody waits any more: never block the executor's thread
             if threading.get_ident() == loop_thread:
                 done.set()  # completed before the callback was added: we are in the loop
                 return
-            # If the event loop has finished, nobody waits for this result any more.
+            # If the event loop has finished meanwhile, nobody waits for the result.
             with contextlib.suppress(Exception):
                 anyio.from_thread.run_sync(done.set, token=token)
 
@@ -154,6 +161,7 @@ async def wait_future(future: Future[Any]) -> Any:
         try:
             await done.wait()
         except BaseException:
+            abandoned = True
             future.cancel()
             raise
     return future.result()

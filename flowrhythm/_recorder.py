@@ -99,10 +99,9 @@ class Timeline:
         return out.getvalue()
 
 
-@contextlib.asynccontextmanager
-async def record(
+def record(
     running: RunningFlow, *, interval: float = 0.1, max_samples: int = 10_000
-) -> AsyncIterator[Timeline]:
+) -> contextlib.AbstractAsyncContextManager[Timeline]:
     """Sample ``running.stats()`` every ``interval`` seconds while the block runs.
 
     Example::
@@ -121,6 +120,13 @@ async def record(
     """
     check_number("interval", interval, low=0.0, low_open=True)
     check_count("max_samples", max_samples, 1)
+    return _recording(running, interval, max_samples)
+
+
+@contextlib.asynccontextmanager
+async def _recording(
+    running: RunningFlow, interval: float, max_samples: int
+) -> AsyncIterator[Timeline]:
     timeline = Timeline(max_samples)
 
     async def sample() -> None:

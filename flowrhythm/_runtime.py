@@ -51,6 +51,7 @@ class Run:
         self.items_in = 0
         self.ended_by_flow = False
         self.input_closed = False
+        self.failure: Exception | None = None
         self.done = anyio.Event()
         self.started_at = anyio.current_time()
         self.ended_at: float | None = None
@@ -135,6 +136,13 @@ class Run:
         self.input_closed = True
         self.input.close()
 
+    def fail(self, error: Exception, cause: BaseException) -> None:
+        """Fail the run with ``error`` (raised when its task group has exited)."""
+        if self.failure is None:
+            error.__cause__ = cause
+            self.failure = error
+        self.cancel()
+
     def cancel(self) -> None:
         self.ended_by_flow = True
         assert self.task_group is not None
@@ -213,6 +221,8 @@ async def open_run(
             yield run
     finally:
         run.close_streams()
+    if run.failure is not None:
+        raise ExceptionGroup("the flowrhythm run failed", [run.failure])
 
 
 @final

@@ -81,17 +81,22 @@ class Worker:
         self.retiring = self.leaving = False
 
 
-async def _spurious_cancel(exc: BaseException) -> RuntimeError:
-    """A processor raised the cancellation exception: was it really cancelled?
+async def _check_cancel(job: Job, exc: BaseException) -> None:
+    """A processor raised the cancellation exception: was the worker cancelled?
 
-    If the worker's scope is cancelled, :func:`checkpoint_if_cancelled` raises
-    the real cancellation. Otherwise the processor raised it on its own, and
-    the run must fail rather than end as a success with the item missing.
+    If an anyio cancel scope around it is cancelled, :func:`checkpoint_if_cancelled`
+    raises the real cancellation. Otherwise either the processor raised it on its
+    own, or the event loop cancelled the task outside anyio (asyncio's runner
+    does so at shutdown): the caller re-raises it either way, and the run is
+    marked failed, so that it can never end as a success with the item missing.
     """
     await checkpoint_if_cancelled()
-    return RuntimeError(
-        "a processor raised the cancellation exception while nothing cancelled it; "
-        "the item would have been lost, so the run fails"
+    job.run.fail(
+        RuntimeError(
+            f"a processor of job {job.name!r} raised the cancellation exception while "
+            "nothing cancelled it; its item would have been lost, so the run fails"
+        ),
+        exc,
     )
 
 
@@ -175,7 +180,8 @@ async def work(
             except Exception as exc:  # noqa: BLE001 - every failure is routed
                 await job.fail(item, exc)
             except cancelled_exc as exc:
-                raise await _spurious_cancel(exc) from exc
+                await _check_cancel(job, exc)
+                raise
             else:
                 if result.__class__ is last:
                     job.end_input()
@@ -230,7 +236,8 @@ async def _generate(job: Job, fn: Callable[[Any], Any], item: Any) -> None:
                 await job.fail(item, exc)
                 return
             except anyio.get_cancelled_exc_class() as exc:
-                raise await _spurious_cancel(exc) from exc
+                await _check_cancel(job, exc)
+                raise
             if out.__class__ is LastWorkItem:
                 job.end_input()
                 continue
@@ -415,7 +422,8 @@ async def _process(
         await job.fail(item, exc, weight)
         return False
     except anyio.get_cancelled_exc_class() as exc:
-        raise await _spurious_cancel(exc) from exc
+        await _check_cancel(job, exc)
+        raise
     if outputs is None:
         counters.completed += weight
         counters.outputs_adjust += 1 - weight
