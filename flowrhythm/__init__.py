@@ -11,6 +11,8 @@ from ._errors import LastWorkItem as LastWorkItem
 from ._errors import RouteToErrorQueue as RouteToErrorQueue
 from ._errors import StopProcessing as StopProcessing
 from ._flow import Flow as Flow
+from ._monitor import monitor as monitor
+from ._monitor import render_stats as render_stats
 from ._options import Batch as Batch
 from ._options import Retry as Retry
 from ._processors import ProcessorFactory as ProcessorFactory
@@ -52,7 +54,9 @@ __all__ = [
     "UtilizationStrategy",
     "job_capacity",
     "job_name",
+    "monitor",
     "record",
+    "render_stats",
     "workers",
 ]
 

@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         parser.error("--backend trio needs trio: pip install trio")
+    if args.svg is not None and importlib.util.find_spec("rich") is None:
+        parser.error("--svg needs rich: pip install 'flowrhythm[monitor]'")
     demo = functools.partial(
         run_demo,
         seconds=args.seconds,

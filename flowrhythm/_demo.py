@@ -52,8 +52,11 @@ MEDIAN_LATENCY = 0.03
 SLOW_SHARE = 0.04
 FAILURE_SHARE = 0.03
 
+#: The title of the monitor's panel.
+TITLE = "python -m flowrhythm demo"
+
 LINK = re.compile(r'href="([^"]+)"')
-TITLE = re.compile(r"<title>([^<]*)</title>")
+TITLE_TAG = re.compile(r"<title>([^<]*)</title>")
 
 
 class FetchError(Exception):
@@ -158,7 +161,7 @@ class Crawl:
 
     async def parse(self, page: Page) -> Parsed:
         """A little CPU work: links, title and a content digest."""
-        title = TITLE.search(page.body)
+        title = TITLE_TAG.search(page.body)
         return Parsed(
             url=page.url,
             title=title.group(1) if title else "",
@@ -207,7 +210,7 @@ def svg_of(stats: FlowStats, since: FlowStats | None = None, *, width: int = 120
     console = Console(
         record=True, width=width, file=io.StringIO(), force_terminal=True, color_system="truecolor"
     )
-    console.print(render_stats(stats, since, title="python -m flowrhythm demo"))
+    console.print(render_stats(stats, since, title=TITLE))
     return console.export_svg(title="flowrhythm monitor", unique_id="flowrhythm-monitor")
 
 
@@ -268,7 +271,7 @@ async def run_demo(
     async with flow.start() as running, anyio.create_task_group() as task_group:
         if svg is not None:
             task_group.start_soon(capture, running, (RISE + PLATEAU / 2) * seconds)
-        async with monitor(running, interval=interval, console=console, plain=plain):
+        async with monitor(running, interval=interval, console=console, plain=plain, title=TITLE):
             async for url in crawl.urls(seconds=seconds, items=items, rate=rate):
                 await running.send(url)
             await running.close()

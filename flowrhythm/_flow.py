@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
+from ._monitor import monitor
 from ._offload import ExecutorSpec
 from ._options import Batch, JobOptions, Retry
 from ._processors import Stage, decorated, default_name
@@ -256,7 +257,11 @@ class Flow:
     # -- running -------------------------------------------------------------------
 
     async def run(
-        self, source: Iterable[Any] | AsyncIterable[Any], *, on_scale: OnScale | None = None
+        self,
+        source: Iterable[Any] | AsyncIterable[Any],
+        *,
+        on_scale: OnScale | None = None,
+        progress: bool = False,
     ) -> FlowStats:
         """Run the flow over ``source`` until it drains; the outputs are discarded.
 
@@ -267,6 +272,9 @@ class Flow:
             source: the items.
             on_scale: called with a :class:`ScalingEvent` for every change of a
                 job's worker count (an exception from it fails the run).
+            progress: show the run with :func:`monitor` (a live table in a
+                terminal, plain lines on standard error otherwise) and print
+                :meth:`FlowStats.report` when it ends.
 
         Returns:
             The final :class:`FlowStats`.
@@ -274,14 +282,19 @@ class Flow:
         Raises:
             ExceptionGroup: a processor failed with no error job to take the item,
                 or the error job failed (the exception is inside the group).
+            TypeError: ``progress`` is not a bool.
         """
         self._check_runnable()
         _check_source(source)
         _check_callback(on_scale)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be a bool, got {progress!r}")
         async with open_run(
             list(self._jobs), self._error_job, source=source, on_scale=on_scale
         ) as run:
-            pass
+            if progress:
+                async with monitor(RunningFlow._create(run)):
+                    await run.done.wait()
         return run.snapshot()
 
     def stream(

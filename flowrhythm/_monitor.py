@@ -341,7 +341,6 @@ class LiveDisplay:
             console=console,
             auto_refresh=False,
             transient=False,
-            vertical_overflow="visible",
         )
         self._live.start()
 
