@@ -18,7 +18,7 @@ from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._worker import YIELD_EVERY
+from ._worker import NOTHING, YIELD_EVERY
 
 if TYPE_CHECKING:
     from ._options import Batch
@@ -39,7 +39,7 @@ async def gather(
     """
     size, timeout = batch.size, batch.timeout
     receive_nowait = source.receive_nowait
-    taken = 0  # items taken since the last time this task waited
+    taken = 0  # items taken since this task last waited
     with batches:
         while True:
             try:
@@ -55,25 +55,32 @@ async def gather(
             counters.received += 1
             items = [first]
             ended = False
+            deadline: float | None = None
             while len(items) < size:
                 try:
-                    items.append(receive_nowait())
+                    item = receive_nowait()
                 except WouldBlock:
-                    break
+                    # Wait for more only until `timeout` after the first item; then
+                    # drain what arrived meanwhile without waiting again.
+                    if deadline is None:
+                        deadline = anyio.current_time() + timeout
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        break
+                    item = NOTHING
+                    with anyio.move_on_after(remaining):
+                        try:
+                            item = await source.receive()
+                        except EndOfStream:
+                            ended = True
+                    taken = 0
+                    if item is NOTHING:
+                        break  # the timeout passed, or the input ended
                 except EndOfStream:
                     ended = True
                     break
+                items.append(item)
                 counters.received += 1
-            if len(items) < size and not ended and timeout > 0:
-                taken = 0
-                with anyio.move_on_after(timeout):
-                    while len(items) < size:
-                        try:
-                            items.append(await source.receive())
-                        except EndOfStream:
-                            ended = True
-                            break
-                        counters.received += 1
             taken += len(items)
             try:
                 batches.send_nowait(items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -132,6 +133,11 @@ class UtilizationCapacity(Capacity):
         if not isinstance(value, Strategy) and not callable(value):
             raise TypeError(
                 f"strategy must be a Strategy or a callable returning a strategy, got {value!r}"
+            )
+        if inspect.iscoroutinefunction(value):
+            raise TypeError(
+                f"strategy must be a synchronous callable returning a strategy, got the "
+                f"async function {value!r}"
             )
 
     def __attrs_post_init__(self) -> None:

@@ -68,6 +68,14 @@ class ProcessorFactory:
         validator=attrs.validators.is_callable()
     )
 
+    @make.validator
+    def _check_make(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if inspect.iscoroutinefunction(value):
+            raise TypeError(
+                f"make must return an async context manager when called, not be an async "
+                f"function: {value!r} (decorate it with @contextlib.asynccontextmanager)"
+            )
+
 
 def default_name(processor: object) -> str:
     """The job name a processor gets when neither ``name=`` nor ``@job_name`` is given."""

@@ -52,7 +52,8 @@ class Run:
         self.ended_by_flow = False
         self.input_closed = False
         self.failure: Exception | None = None
-        self.done = anyio.Event()
+        self.done = anyio.Event()  # every job drained
+        self.ended = anyio.Event()  # the run is over, however it ended
         self.started_at = anyio.current_time()
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
@@ -221,6 +222,7 @@ async def open_run(
             yield run
     finally:
         run.close_streams()
+        run.ended.set()
     if run.failure is not None:
         raise ExceptionGroup("the flowrhythm run failed", [run.failure])
 
@@ -279,9 +281,23 @@ class RunningFlow:
         await checkpoint()
 
     async def join(self) -> FlowStats:
-        """Wait until every job has drained (after :meth:`close`); return the stats."""
-        await self._run.done.wait()
-        return self._run.snapshot()
+        """Wait until every job has drained (after :meth:`close`); return the stats.
+
+        If the run ends otherwise — stopped, cancelled or failed — ``join`` returns
+        its final stats then (with ``done`` false) instead of waiting forever; a
+        failure itself is raised where the run's ``async with`` block ends.
+        """
+        run = self._run
+        if not run.done.is_set() and not run.ended.is_set():
+            async with anyio.create_task_group() as task_group:
+
+                async def wait_and_stop(event: anyio.Event) -> None:
+                    await event.wait()
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(wait_and_stop, run.done)
+                task_group.start_soon(wait_and_stop, run.ended)
+        return run.snapshot()
 
     def stop(self) -> None:
         """Cancel the run now: unfinished items are abandoned.

@@ -21,6 +21,7 @@ from typing import Protocol, final, runtime_checkable
 import attrs
 
 from ._capacity import Capacity, Strategy, UtilizationCapacity, scaling_knobs
+from ._validate import check_count, check_number
 
 #: What ``decide`` returns: a worker count, optionally with a reason for the log.
 Decision = int | tuple[int, str]
@@ -210,12 +211,19 @@ class UtilizationStrategy:
         probe_after: float = 2.0,
         max_probe_after: float = 60.0,
     ) -> None:
-        self.drain_time = drain_time
-        self.blocked_limit = blocked_limit
-        self.ineffective_gain = ineffective_gain
+        self.drain_time = check_number("drain_time", drain_time, low=0.0, low_open=True)
+        self.blocked_limit = check_number("blocked_limit", blocked_limit, low=0.0, high=1.0)
+        self.ineffective_gain = check_number(
+            "ineffective_gain", ineffective_gain, low=0.0, high=1.0
+        )
+        check_count("min_judged", min_judged, 1)
         self.min_judged = min_judged
-        self.probe_after = probe_after
-        self.max_probe_after = max_probe_after
+        self.probe_after = check_number("probe_after", probe_after, low=0.0)
+        self.max_probe_after = check_number("max_probe_after", max_probe_after, low=0.0)
+        if self.probe_after > self.max_probe_after:
+            raise ValueError(
+                f"probe_after ({probe_after}) must not exceed max_probe_after ({max_probe_after})"
+            )
         self._smoothed_busy: float | None = None
         self._smoothed_utilization: float | None = None
         self._window: deque[tuple[float, int]] = deque()  # (time, recommendation)

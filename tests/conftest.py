@@ -1,17 +1,64 @@
-"""Shared fixtures: every async test runs once on asyncio and once on trio."""
+"""Shared fixtures: every async test runs on asyncio, on trio, and on asyncio+uvloop.
+
+uvloop is a third backend when it is installed (the ``tests`` dependency group installs it
+where it builds). The session fails if a backend had tests set up but none of them passed:
+anyio's plugin skips a backend that is missing, and a silently skipped trio run must not
+look green.
+"""
 
 from __future__ import annotations
 
+import collections
+import importlib.util
+from collections.abc import Generator
+from typing import Any
+
 import pytest
 
+BACKENDS: list[Any] = [pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")]
+if importlib.util.find_spec("uvloop") is not None:
+    BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
 
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param("trio", id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Parametrise every ``pytest.mark.anyio`` test over both backends."""
-    backend: str = request.param
-    return backend
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Parametrise every ``pytest.mark.anyio`` test over the backends."""
+    return request.param
+
+
+_SET_UP: collections.Counter[str] = collections.Counter()
+_PASSED: collections.Counter[str] = collections.Counter()
+
+
+def _backend_id(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "anyio_backend" not in callspec.params:
+        return None
+    backend = callspec.params["anyio_backend"]
+    if isinstance(backend, tuple):
+        return "uvloop" if backend[1].get("use_uvloop") else str(backend[0])
+    return str(backend)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    backend = _backend_id(item)
+    if backend is not None:
+        if report.when == "setup":
+            _SET_UP[backend] += 1
+        elif report.when == "call" and report.passed:
+            _PASSED[backend] += 1
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a backend had tests set up but none of them passed."""
+    silent = [name for name in _SET_UP if not _PASSED[name]]
+    if silent and exitstatus == pytest.ExitCode.OK:
+        session.config.get_terminal_writer().line(
+            f"no async test passed on: {', '.join(silent)}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
