@@ -362,13 +362,18 @@ async def test_cancel_while_the_error_job_runs() -> None:
 
 
 class CancelWhenGrowing:
-    """A strategy that cancels ``scope`` in the very decision that grows the job."""
+    """A strategy that cancels ``scope`` in the very decision that grows the job.
 
-    def __init__(self, scope: anyio.CancelScope) -> None:
+    It waits for ``armed`` (set once every item was sent), so that the scaler's
+    first ticks cannot cut the sending short on a fast loop (uvloop).
+    """
+
+    def __init__(self, scope: anyio.CancelScope, armed: anyio.Event | None = None) -> None:
         self.scope = scope
+        self.armed = armed
 
     def decide(self, sample: ScalingSample) -> int:
-        if sample.queue_depth:
+        if sample.queue_depth and (self.armed is None or self.armed.is_set()):
             self.scope.cancel()
             return sample.max_workers
         return sample.workers
@@ -392,18 +397,20 @@ async def test_cancel_while_a_scale_up_is_in_progress(slow_enter: bool) -> None:
             exits += 1
 
     before = live_tasks()
+    armed = anyio.Event()
     with anyio.fail_after(HANG_GUARD), anyio.CancelScope() as outer:
         capacity = UtilizationCapacity(
             min_workers=1,
             max_workers=8,
             queue_length=10,
             sampling=0.001,
-            strategy=lambda: CancelWhenGrowing(outer),
+            strategy=lambda: CancelWhenGrowing(outer, armed),
         )
         flow = Flow().add(ProcessorFactory(make), capacity, name="grows")
         async with flow.start() as running:
             for item in range(10):
                 await running.send(item)
+            armed.set()
             await anyio.sleep_forever()
     assert outer.cancelled_caught
     assert live_tasks() <= before
