@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 
+from ._report import format_seconds
 from ._validate import check_number
 
 if TYPE_CHECKING:
@@ -47,16 +48,6 @@ COMPACT_WIDTH = 110
 COMPACT_CELLS = 8
 
 FULL, EMPTY = "▮", "▯"
-
-
-def _duration(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1e-3:
-        return f"{value * 1e6:.0f}µs"
-    if value < 1:
-        return f"{value * 1e3:.1f}ms"
-    return f"{value:.2f}s"
 
 
 # -- one snapshot --------------------------------------------------------------------
@@ -172,7 +163,7 @@ def _table(stats: FlowStats, compact: bool) -> Table:
                 throughput,
                 str(job.completed),
                 errors,
-                _duration(job.p50),
+                format_seconds(job.p50),
             )
     return table
 

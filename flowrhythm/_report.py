@@ -56,7 +56,8 @@ def bottleneck(stats: FlowStats, since: FlowStats | None = None) -> str:
     return line
 
 
-def _seconds(value: float | None) -> str:
+def format_seconds(value: float | None) -> str:
+    """A duration for people: µs, ms or s; ``-`` for none."""
     if value is None:
         return "-"
     if value < 1e-3:
@@ -99,8 +100,8 @@ def report(stats: FlowStats) -> str:
                 str(job.skipped),
                 str(job.errored),
                 f"{job.throughput:.1f}",
-                _seconds(job.p50),
-                _seconds(job.p99),
+                format_seconds(job.p50),
+                format_seconds(job.p99),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
