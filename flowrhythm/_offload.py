@@ -18,10 +18,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import pickle
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any, Final, Literal
 
 import anyio
@@ -82,16 +83,19 @@ def check_offload(fn: object, executor: object) -> None:
             ) from None
 
 
-def call_and_check(fn: Callable[[Any], Any], item: Any) -> Any:
-    """Run ``fn(item)`` in a worker process; make sure a failure can travel back.
+def call_and_check(fn: Callable[[Any], Any], item: Any, caller: int = -1) -> Any:
+    """Run ``fn(item)``, maybe in another process; make sure a failure can travel back.
 
     An exception that does not pickle would otherwise turn into an unrelated
     pickling error (or worse); it comes back as a :class:`RuntimeError` that
-    names it.
+    names it. In the caller's own process (``caller`` is its pid: a thread
+    pool, Dask without processes) the exception is left as it is.
     """
     try:
         return fn(item)
     except Exception as exc:
+        if os.getpid() == caller:
+            raise
         try:
             pickle.loads(pickle.dumps(exc))
         except Exception as pickling:  # noqa: BLE001 - any pickling failure means the same
@@ -123,14 +127,11 @@ def offloaded(
 
     assert isinstance(executor, Executor)
     pool = executor
-    # Threads share this process: their exceptions need no pickling check.
-    call: Callable[..., Any] = (
-        call_and_check if not isinstance(pool, ThreadPoolExecutor) else lambda f, i: f(i)
-    )
+    pid = os.getpid()
 
     async def in_executor(item: Any) -> Any:
         async with limiter:
-            return await wait_future(pool.submit(call, fn, item))
+            return await wait_future(pool.submit(call_and_check, fn, item, pid))
 
     return in_executor
 

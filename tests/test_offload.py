@@ -3,7 +3,9 @@
 Functions that run in other processes live in ``offload_helpers`` (they must be
 importable there). Calls in flight are counted inside the function: with a
 lock-protected counter for threads, with marker files for processes. Steps are
-ordered with ``threading.Event`` s and with the marker files, never with sleeps.
+ordered with ``threading.Event`` s, or by waiting (in a thread) for marker files,
+never with sleeps. The one allowed skip: the Dask tests need the optional extra
+``flowrhythm[dask]`` (``distributed``).
 """
 
 from __future__ import annotations
