@@ -258,15 +258,17 @@ class Job:
 
     async def forward(self, value: Any) -> None:
         """Hand one output downstream, waiting (blocked) only if the queue is full."""
-        send = self.send
-        if send is None:
-            return
+        if self.send is not None:
+            await self._hand_on(self.send, value)
+
+    async def _hand_on(self, stream: MemoryObjectSendStream[Any], value: Any) -> None:
+        """Send without waiting if there is room; otherwise wait, counted as blocked."""
         try:
-            send.send_nowait(value)
+            stream.send_nowait(value)
         except WouldBlock:
             since = self.counters.enter_blocked()
             try:
-                await send.send(value)
+                await stream.send(value)
             finally:
                 self.counters.leave_blocked(since)
 
@@ -291,14 +293,7 @@ class Job:
                 exc.__context__ = item.exception  # keep the failure it was handling
             raise exc
         error = ErrorItem(item=item, exception=exc, job=self.name, attempts=attempts)
-        try:
-            errors.send_nowait(error)
-        except WouldBlock:
-            since = self.counters.enter_blocked()
-            try:
-                await errors.send(error)
-            finally:
-                self.counters.leave_blocked(since)
+        await self._hand_on(errors, error)
         self.counters.errored += weight
 
     # -- observing ----------------------------------------------------------------

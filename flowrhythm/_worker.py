@@ -162,10 +162,10 @@ async def work(
         # -- process and forward ---------------------------------------------
         if is_gen:
             if counters.received & latency.mask:
-                await _generate(job, fn, item)
+                await _process(job, fn, True, item, 1, None)
             else:
                 started = perf_counter()
-                await _generate(job, fn, item)
+                await _process(job, fn, True, item, 1, None)
                 latency.add(perf_counter() - started)
         else:
             try:
@@ -217,36 +217,6 @@ async def work(
         except EndOfStream:
             job.input_ended = True
             return
-
-
-async def _generate(job: Job, fn: Callable[[Any], Any], item: Any) -> None:
-    """Run a generator processor over one item, forwarding every value it yields."""
-    counters = job.counters
-    agen = fn(item)
-    try:
-        while True:
-            try:
-                out = await agen.__anext__()
-            except StopAsyncIteration:
-                break
-            except StopProcessing:
-                counters.skipped += 1
-                return
-            except Exception as exc:  # noqa: BLE001 - every failure is routed
-                await job.fail(item, exc)
-                return
-            except anyio.get_cancelled_exc_class() as exc:
-                await _check_cancel(job, exc)
-                raise
-            if out.__class__ is LastWorkItem:
-                job.end_input()
-                continue
-            counters.outputs_adjust += 1
-            await job.forward(out)
-        counters.completed += 1
-        counters.outputs_adjust -= 1
-    finally:
-        await agen.aclose()
 
 
 async def work_general(
