@@ -16,7 +16,6 @@ and cancelling the call cancels the future if it has not started.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
 import pickle
@@ -30,6 +29,8 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_process
 import anyio.to_thread
+
+from ._validate import function_of
 
 #: What ``executor=`` accepts besides an Executor instance.
 EXECUTOR_NAMES: Final = ("thread", "process")
@@ -57,18 +58,15 @@ def check_offload(fn: object, executor: object) -> None:
         )
     if not callable(fn):
         raise TypeError(f"processor must be callable, got {fn!r}")
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    call = target if inspect.isroutine(target) else getattr(type(target), "__call__", None)  # noqa: B004
-    if inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(call):
+    function = function_of(fn)
+    if inspect.iscoroutinefunction(function):
         raise TypeError(
             f"{fn!r} is an async callable: executor= runs synchronous code; "
             "add the async callable without executor="
         )
-    if inspect.isasyncgenfunction(target) or inspect.isasyncgenfunction(call):
+    if inspect.isasyncgenfunction(function):
         raise TypeError(f"{fn!r} is an async generator function: it cannot take executor=")
-    if inspect.isgeneratorfunction(target) or inspect.isgeneratorfunction(call):
+    if inspect.isgeneratorfunction(function):
         raise TypeError(
             f"{fn!r} is a generator function: an offloaded call must return its result "
             "(return a list, and split it with an async generator job next)"

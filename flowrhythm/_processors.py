@@ -25,6 +25,7 @@ import anyio
 import attrs
 
 from ._offload import ExecutorSpec, check_offload, offloaded
+from ._validate import function_of
 
 #: A processor after normalisation: a coroutine function, or an async generator
 #: function (then ``is_generator`` is true).
@@ -104,19 +105,11 @@ def kind(processor: object, *, what: str = "processor") -> bool:
     """
     if not callable(processor):
         raise TypeError(f"{what} must be an async callable, got {processor!r}")
-    target: object = processor
-    while isinstance(target, functools.partial):
-        target = target.func
-    if inspect.isasyncgenfunction(target):
+    function = function_of(processor)
+    if inspect.isasyncgenfunction(function):
         return True
-    if inspect.iscoroutinefunction(target):
+    if inspect.iscoroutinefunction(function):
         return False
-    if not (inspect.isroutine(target) or inspect.isclass(target)):
-        call = getattr(type(target), "__call__", None)  # noqa: B004 - the class attribute
-        if inspect.isasyncgenfunction(call):
-            return True
-        if inspect.iscoroutinefunction(call):
-            return False
     raise TypeError(
         f"{what} {processor!r} is not an async callable. A processor is an "
         "`async def` function (or an async generator function, or a "

@@ -7,6 +7,8 @@ is an ``int`` to Python, never a worker count to a person.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
@@ -61,3 +63,12 @@ def number(**bounds: Any) -> Any:
         check_number(attribute.name, value, **bounds)
 
     return check
+
+
+def function_of(obj: object) -> object:
+    """The function that runs when ``obj`` is called (through partials and ``__call__``)."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if inspect.isroutine(obj) or inspect.isclass(obj):
+        return obj
+    return getattr(type(obj), "__call__", None)  # noqa: B004 - the class attribute
