@@ -5,8 +5,8 @@ event loop (best of ``--repeat`` runs, wall clock):
 
 - **ordered**: 3,000 items through one job of 16 workers whose processor sleeps a random
   0-2 ms (``await anyio.sleep(delay)``, the same delays for both flows). Baseline: the job
-  without options. Candidate: the same job with ``ordered=True``, whose reorder window of
-  ``max_workers`` inputs makes workers wait while a slow item holds the head.
+  without options. Candidate: the same job with ``ordered=True``: while a slow item holds the
+  head, the others park in a reorder buffer of ``max_workers`` inputs, then wait holding one.
   Target: ordered throughput >= 0.85 x unordered.
 - **batch, identity**: 200,000 items through one job of 1 worker. Baseline: an identity
   processor (``async def identity(x): return x``), one call per item. Candidate: the same job

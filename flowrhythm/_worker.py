@@ -298,14 +298,14 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
 
     Inputs are numbered in the order they leave the queue. Without waiting, a
-    worker takes one only if nobody is waiting for input and the window has
-    room. Otherwise it waits for room (blocked), then queues on the reorder lock
-    (idle); the holder waits for an input and numbers it before anyone else can
-    take one. A worker in here holds no item, so retiring it is safe throughout.
+    worker takes one only if nobody is waiting for input. Otherwise it queues
+    on the reorder lock (idle); the holder waits for an input and numbers it
+    before anyone else can take one. A worker in here holds no item, so
+    retiring it is safe throughout.
     """
     if worker.retiring:
         return NOTHING
-    if not reorder.lock.locked() and reorder.has_room():
+    if not reorder.lock.locked():
         try:
             return job.receive.receive_nowait(), reorder.take()
         except WouldBlock:
@@ -316,28 +316,19 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     counters = job.counters
     worker.waiting = True
     try:
-        while True:
-            await reorder.wait_for_room()  # blocked while the window is full
-            since = counters.enter_idle()
-            try:
-                await reorder.lock.acquire()  # idle: another worker waits for input
-            finally:
-                counters.leave_idle(since)
-            if reorder.has_room():
-                break
-            reorder.lock.release()  # the window filled up meanwhile
+        since = counters.enter_idle()
         try:
-            since = counters.enter_idle()
+            await reorder.lock.acquire()  # idle: another worker waits for input
             try:
                 item = await job.receive.receive()
+                seq = reorder.take()
             except EndOfStream:
                 job.input_ended = True
                 return NOTHING
             finally:
-                counters.leave_idle(since)
-            seq = reorder.take()
+                reorder.lock.release()
         finally:
-            reorder.lock.release()
+            counters.leave_idle(since)
     finally:
         worker.waiting = False
     if worker.leaving:
