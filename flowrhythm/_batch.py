@@ -11,6 +11,7 @@ batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -18,7 +19,7 @@ from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._worker import NOTHING, YIELD_EVERY
+from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
     from ._options import Batch
@@ -33,54 +34,56 @@ async def gather(
 ) -> None:
     """Read ``source`` into lists of up to ``batch.size`` items, until it ends.
 
-    Like the worker loop, it takes what is there without waiting first; it
-    opens a timeout scope only for a batch that is not full yet, and yields to
-    the scheduler at least every :data:`YIELD_EVERY` items.
+    Like the worker loop, it takes what is there without waiting first. When
+    the queue runs dry before a batch is full it first yields once (the
+    producer is often just one scheduling round behind), and only then waits,
+    in a timeout scope, until ``timeout`` after the batch's first item. It
+    yields to the scheduler at least every :data:`YIELD_EVERY` items.
     """
     size, timeout = batch.size, batch.timeout
+    receive = source.receive
     receive_nowait = source.receive_nowait
-    taken = 0  # items taken since this task last waited
+    taken = 0  # items taken since this task last yielded
     with batches:
         while True:
             try:
-                first = receive_nowait()
+                items = [receive_nowait()]
             except WouldBlock:
                 try:
-                    first = await source.receive()
+                    items = [await receive()]
                 except EndOfStream:
                     return
                 taken = 0
             except EndOfStream:
                 return
             counters.received += 1
-            items = [first]
             ended = False
+            yielded = False  # since the last item arrived
             deadline: float | None = None
-            while len(items) < size:
-                try:
-                    item = receive_nowait()
-                except WouldBlock:
-                    # Wait for more only until `timeout` after the first item; then
-                    # drain what arrived meanwhile without waiting again.
-                    if deadline is None:
-                        deadline = anyio.current_time() + timeout
-                    remaining = deadline - anyio.current_time()
-                    if remaining <= 0:
-                        break
-                    item = NOTHING
-                    with anyio.move_on_after(remaining):
-                        try:
-                            item = await source.receive()
-                        except EndOfStream:
-                            ended = True
-                    taken = 0
-                    if item is NOTHING:
-                        break  # the timeout passed, or the input ended
-                except EndOfStream:
-                    ended = True
+            while True:
+                had = len(items)
+                ended = _take_ready(items, size, receive_nowait)
+                if len(items) > had:
+                    counters.received += len(items) - had
+                    yielded = False
+                if ended or len(items) == size:
                     break
-                items.append(item)
+                taken = 0
+                if not yielded:
+                    yielded = True
+                    await checkpoint()
+                    continue
+                if deadline is None:
+                    deadline = anyio.current_time() + timeout
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    try:
+                        items.append(await receive())
+                    except EndOfStream:
+                        ended = True
+                if ended or len(items) == had:
+                    break  # the input ended, or the timeout passed
                 counters.received += 1
+                yielded = False
             taken += len(items)
             try:
                 batches.send_nowait(items)
@@ -92,3 +95,16 @@ async def gather(
             if taken >= YIELD_EVERY:
                 taken = 0
                 await checkpoint()
+
+
+def _take_ready(items: list[Any], size: int, receive_nowait: Callable[[], Any]) -> bool:
+    """Append what the queue holds, up to ``size`` items; return whether the input ended."""
+    append = items.append
+    try:
+        for _ in range(size - len(items)):
+            append(receive_nowait())
+    except WouldBlock:
+        pass
+    except EndOfStream:
+        return True
+    return False
