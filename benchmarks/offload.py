@@ -1,14 +1,25 @@
 """Offload benchmark: what ``executor="process"`` and ``executor="thread"`` buy.
 
-Two scenarios, each on asyncio and on trio, each timed as baseline vs candidate
-in the same event loop:
+Two scenarios, each on asyncio and on trio. Every case below is timed in the same event
+loop, interleaved, and reported as a speed-up over the scenario's baseline:
 
 - **CPU-bound**: a pure-Python loop of about 5 ms a call over 400 items. Baseline:
   the function called inline in an async job with 1 worker (the event loop does
-  the work). Candidate: the same function with ``executor="process"`` and 2
+  the work). flowrhythm: the same function with ``executor="process"`` and 2
   workers. Target on a 2-core machine: speed-up >= 1.6.
 - **Blocking I/O**: ``time.sleep(0.005)`` over 400 items with ``executor="thread"``:
-  1 worker (baseline) vs 32 workers (candidate). Target: speed-up >= 20.
+  1 worker (baseline) vs 32 workers. Target: speed-up >= 20.
+
+Two more cases put the flowrhythm figure in context:
+
+- **hand-written anyio**: the same number of tasks reading one memory object stream and
+  calling ``anyio.to_process.run_sync`` / ``anyio.to_thread.run_sync`` with a capacity
+  limiter of the same size: what anyio itself gives, one call per item. ``flowrhythm ÷
+  anyio`` compares the two (1.00 = no overhead).
+- **bare pool**: a warm ``ProcessPoolExecutor`` / ``ThreadPoolExecutor`` of the same size,
+  each of its workers running its share of the items in one call: no event loop and no
+  per-item hand-over, the ceiling this machine allows. On a 2-core machine whose event loop
+  also needs the CPU, one call per item cannot reach it.
 
 Run ``python benchmarks/offload.py --help`` for the options. The table goes to
 stdout, progress to stderr. Worker processes import this file again (as
@@ -27,10 +38,13 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.to_process
+import anyio.to_thread
 
 from flowrhythm import Capacity, Flow
 
@@ -97,6 +111,73 @@ def thread_flow(workers: int) -> Flow:
     return Flow().add(nap, capacity=fixed(workers), name="job", executor="thread")
 
 
+async def run_flow(make: Callable[[], Flow], n: int) -> None:
+    stats = await make().run(range(n))
+    completed = stats.jobs["job"].completed
+    if completed != n:
+        raise RuntimeError(f"{completed} of {n} items completed")
+
+
+async def handwritten(call: Callable[[int], Awaitable[Any]], workers: int, n: int) -> None:
+    """``workers`` tasks reading one memory object stream, one call per item."""
+    send, receive = anyio.create_memory_object_stream[int](2 * workers)
+    done = 0
+
+    async def feed() -> None:
+        async with send:
+            for item in range(n):
+                await send.send(item)
+
+    async def work() -> None:
+        nonlocal done
+        async for item in receive:
+            await call(item)
+            done += 1
+
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(feed)
+        for _ in range(workers):
+            tg.start_soon(work)
+    if done != n:
+        raise RuntimeError(f"{done} of {n} items completed")
+
+
+def in_processes(loops: int) -> Callable[[int], Awaitable[Any]]:
+    fn = functools.partial(spin, loops)
+    limiter = anyio.CapacityLimiter(CPU_WORKERS)
+
+    async def call(item: int) -> Any:
+        return await anyio.to_process.run_sync(fn, item, limiter=limiter)
+
+    return call
+
+
+def in_threads(workers: int) -> Callable[[int], Awaitable[Any]]:
+    limiter = anyio.CapacityLimiter(workers)
+
+    async def call(item: int) -> Any:
+        return await anyio.to_thread.run_sync(nap, item, limiter=limiter)
+
+    return call
+
+
+def run_share(fn: Callable[[int], Any], items: range) -> int:
+    """One bare-pool worker's share of the items, in one call."""
+    for item in items:
+        fn(item)
+    return len(items)
+
+
+def bare_pool(pool: Executor, fn: Callable[[int], Any], workers: int, n: int) -> None:
+    shares = [range(k, n, workers) for k in range(workers)]
+    done = sum(pool.map(run_share, [fn] * workers, shares))
+    if done != n:
+        raise RuntimeError(f"{done} of {n} items completed")
+
+
+CASES = ("baseline", "flowrhythm", "anyio", "bare pool")
+
+
 @dataclass
 class Scenario:
     key: str
@@ -104,38 +185,35 @@ class Scenario:
     baseline: str
     candidate: str
     target: float
-    make_baseline: Callable[[], Flow]
-    make_candidate: Callable[[], Flow]
-    warm_up: int  # items run through the candidate first (starts worker processes/threads)
+    # case name -> an async function of the item count
+    cases: dict[str, Callable[[int], Awaitable[None]]]
+    warm_up: int  # items run through every case first (starts worker processes/threads)
     times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
-async def timed(flow: Flow, n: int) -> float:
+async def timed(case: Callable[[int], Awaitable[None]], n: int) -> float:
     gc.collect()
     start = time.perf_counter()
-    stats = await flow.run(range(n))
-    elapsed = time.perf_counter() - start
-    completed = stats.jobs["job"].completed
-    if completed != n:
-        raise RuntimeError(f"{completed} of {n} items completed")
-    return elapsed
+    await case(n)
+    return time.perf_counter() - start
 
 
 async def run_backend(backend: str, scenarios: Sequence[Scenario], n: int, repeat: int) -> None:
     """All repetitions of one backend in one event loop (anyio's worker processes
     belong to the event loop, so they are started once, by the warm-up)."""
     for scenario in scenarios:
-        times = scenario.times.setdefault(backend, {"baseline": [], "candidate": []})
-        await timed(scenario.make_candidate(), scenario.warm_up)
+        times = scenario.times.setdefault(backend, {case: [] for case in scenario.cases})
+        for case in scenario.cases.values():
+            await timed(case, scenario.warm_up)
+        names = list(scenario.cases)
         for rep in range(repeat):
-            # Alternate the order, so a slow patch of a noisy machine hits both alike.
-            order = ["baseline", "candidate"] if rep % 2 == 0 else ["candidate", "baseline"]
-            for which in order:
-                make = scenario.make_baseline if which == "baseline" else scenario.make_candidate
-                elapsed = await timed(make(), n)
+            # Rotate the order, so a slow patch of a noisy machine hits every case alike.
+            shift = rep % len(names)
+            for which in names[shift:] + names[:shift]:
+                elapsed = await timed(scenario.cases[which], n)
                 times[which].append(elapsed)
                 print(
-                    f"  {backend:7} {scenario.name:12} {which:9} #{rep + 1}: {elapsed:.3f} s",
+                    f"  {backend:7} {scenario.name:12} {which:10} #{rep + 1}: {elapsed:.3f} s",
                     file=sys.stderr,
                 )
 
@@ -149,10 +227,12 @@ def print_table(scenarios: Sequence[Scenario], backends: Sequence[str], n: int) 
         "scenario",
         "backend",
         "baseline",
-        "candidate",
+        "flowrhythm",
         "base s",
-        "cand s",
         "speed-up",
+        "anyio",
+        "bare pool",
+        "flowrhythm ÷ anyio",
         "target",
         "result",
     )
@@ -160,10 +240,9 @@ def print_table(scenarios: Sequence[Scenario], backends: Sequence[str], n: int) 
     all_met = True
     for scenario in scenarios:
         for backend in backends:
-            times = scenario.times[backend]
-            base = statistics.median(times["baseline"])
-            cand = statistics.median(times["candidate"])
-            ratio = base / cand
+            median = {case: statistics.median(t) for case, t in scenario.times[backend].items()}
+            base = median["baseline"]
+            ratio = base / median["flowrhythm"]
             met = ratio >= scenario.target
             all_met &= met
             rows.append(
@@ -173,8 +252,10 @@ def print_table(scenarios: Sequence[Scenario], backends: Sequence[str], n: int) 
                     scenario.baseline,
                     scenario.candidate,
                     f"{base:.3f}",
-                    f"{cand:.3f}",
                     f"{ratio:.2f}x",
+                    f"{base / median['anyio']:.2f}x",
+                    f"{base / median['bare pool']:.2f}x",
+                    f"{median['anyio'] / median['flowrhythm']:.2f}",
                     f">= {scenario.target:g}x",
                     "PASS" if met else "MISS",
                 )
@@ -193,6 +274,11 @@ def print_table(scenarios: Sequence[Scenario], backends: Sequence[str], n: int) 
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
+    print(
+        "\nspeed-up, anyio, bare pool: the baseline's time ÷ the case's time. anyio: the same "
+        "worker count, hand-written.\nbare pool: a warm executor of that size, each worker "
+        "running its share in one call (the machine's ceiling)."
+    )
     return all_met
 
 
@@ -226,32 +312,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     loops = calibrate(CALL_SECONDS)
     print(f"calibrated: {loops} loops ~ {CALL_SECONDS * 1000:g} ms a call", file=sys.stderr)
     chosen = set(args.scenario or ["cpu", "io"])
-    scenarios = [
-        Scenario(
-            key="cpu",
-            name="CPU-bound",
-            baseline="inline, 1 worker",
-            candidate=f'"process", {CPU_WORKERS} workers',
-            target=TARGET_CPU_SPEEDUP,
-            make_baseline=functools.partial(inline_flow, loops),
-            make_candidate=functools.partial(process_flow, loops),
-            warm_up=4 * CPU_WORKERS,
-        ),
-        Scenario(
-            key="io",
-            name="blocking I/O",
-            baseline='"thread", 1 worker',
-            candidate=f'"thread", {IO_WORKERS} workers',
-            target=TARGET_IO_SPEEDUP,
-            make_baseline=functools.partial(thread_flow, 1),
-            make_candidate=functools.partial(thread_flow, IO_WORKERS),
-            warm_up=2 * IO_WORKERS,
-        ),
-    ]
-    scenarios = [scenario for scenario in scenarios if scenario.key in chosen]
-    for backend in backends:
-        runner: Callable[..., Awaitable[Any]] = run_backend
-        anyio.run(runner, backend, scenarios, args.items, args.repeat, backend=backend)
+    with (
+        ProcessPoolExecutor(CPU_WORKERS) as processes,
+        ThreadPoolExecutor(IO_WORKERS) as threads,
+    ):
+        spin_loops = functools.partial(spin, loops)
+        scenarios = [
+            Scenario(
+                key="cpu",
+                name="CPU-bound",
+                baseline="inline, 1 worker",
+                candidate=f'"process", {CPU_WORKERS} workers',
+                target=TARGET_CPU_SPEEDUP,
+                cases={
+                    "baseline": functools.partial(run_flow, functools.partial(inline_flow, loops)),
+                    "flowrhythm": functools.partial(
+                        run_flow, functools.partial(process_flow, loops)
+                    ),
+                    "anyio": lambda n: handwritten(in_processes(loops), CPU_WORKERS, n),
+                    "bare pool": lambda n: anyio.to_thread.run_sync(
+                        bare_pool, processes, spin_loops, CPU_WORKERS, n
+                    ),
+                },
+                warm_up=4 * CPU_WORKERS,
+            ),
+            Scenario(
+                key="io",
+                name="blocking I/O",
+                baseline='"thread", 1 worker',
+                candidate=f'"thread", {IO_WORKERS} workers',
+                target=TARGET_IO_SPEEDUP,
+                cases={
+                    "baseline": functools.partial(run_flow, functools.partial(thread_flow, 1)),
+                    "flowrhythm": functools.partial(
+                        run_flow, functools.partial(thread_flow, IO_WORKERS)
+                    ),
+                    "anyio": lambda n: handwritten(in_threads(IO_WORKERS), IO_WORKERS, n),
+                    "bare pool": lambda n: anyio.to_thread.run_sync(
+                        bare_pool, threads, nap, IO_WORKERS, n
+                    ),
+                },
+                warm_up=2 * IO_WORKERS,
+            ),
+        ]
+        scenarios = [scenario for scenario in scenarios if scenario.key in chosen]
+        for backend in backends:
+            runner: Callable[..., Awaitable[Any]] = run_backend
+            anyio.run(runner, backend, scenarios, args.items, args.repeat, backend=backend)
     all_met = print_table(scenarios, backends, args.items)
     return 1 if args.check and not all_met else 0
 
