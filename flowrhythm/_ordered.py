@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Reorder:
     """The reorder buffer of one job in one run (private)."""
 
-    __slots__ = ("counters", "draining", "head", "lock", "next_seq", "parked", "space", "window")
+    __slots__ = ("counters", "head", "lock", "next_seq", "parked", "space", "window")
 
     def __init__(self, window: int, counters: Counters) -> None:
         self.window = window
@@ -35,7 +35,6 @@ class Reorder:
         self.head = 0  # the next number to release
         # seq -> (outputs, items completed by them)
         self.parked: dict[int, tuple[list[Any], int]] = {}
-        self.draining = False
         self.space: anyio.Event | None = None
         # Held by the one worker that waits for the next input (see take_in_order).
         self.lock = anyio.Lock()
@@ -59,24 +58,26 @@ class Reorder:
         ended normally) are counted as completed once their outputs are handed
         on: until then they are still in flight.
         """
-        if seq != self.head and len(self.parked) >= self.window:
-            await self._wait_for_room(seq)
-        self.parked[seq] = (outputs, completed)
-        if self.draining:
-            return  # the worker draining the head will reach it
-        self.draining = True
+        if seq != self.head:
+            if len(self.parked) >= self.window:
+                await self._wait_for_room(seq)
+            if seq != self.head:
+                self.parked[seq] = (outputs, completed)
+                return  # the worker that releases the head will reach it
+        # ``seq`` is the head. Nobody else is releasing: the head moves only below,
+        # and a worker releasing it goes on for as long as the next one is parked.
         counters = self.counters
-        try:
-            while self.head in self.parked:
-                values, done = self.parked.pop(self.head)
-                for value in values:
-                    await forward(value)
-                counters.completed += done
-                counters.outputs_adjust += len(values) - done
-                self.head += 1
-                self._wake()
-        finally:
-            self.draining = False
+        while True:
+            for value in outputs:
+                await forward(value)
+            counters.completed += completed
+            counters.outputs_adjust += len(outputs) - completed
+            self.head += 1
+            self._wake()
+            parked = self.parked.pop(self.head, None)
+            if parked is None:
+                return
+            outputs, completed = parked
 
     async def _wait_for_room(self, seq: int) -> None:
         """Hold ``seq``'s outputs (blocked) until the buffer has room or it is the head."""

@@ -28,6 +28,7 @@ from anyio.lowlevel import checkpoint
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
+import flowrhythm._ordered
 from flowrhythm import (
     Batch,
     Capacity,
@@ -321,6 +322,45 @@ async def test_ordered_window_stays_bounded_while_the_job_scales() -> None:
     assert sink.seen == list(range(600))
     # One output may have been handed to the sink's worker but not yet recorded by it.
     assert worst <= 2 * window + 1
+    assert_balanced(stats)
+
+
+class _WatchedParking(dict[int, Any]):
+    """A reorder buffer's ``parked`` dict that remembers its largest size."""
+
+    worst = 0
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.worst = max(self.worst, len(self))
+
+
+async def test_ordered_buffer_never_parks_more_than_max_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slow items among fast ones: the buffer fills up and stays at max_workers at most."""
+    buffers: list[_WatchedParking] = []
+    original_init = flowrhythm._ordered.Reorder.__init__
+
+    def watched_init(self: flowrhythm._ordered.Reorder, *args: Any) -> None:
+        original_init(self, *args)
+        self.parked = _WatchedParking()
+        buffers.append(self.parked)
+
+    monkeypatch.setattr(flowrhythm._ordered.Reorder, "__init__", watched_init)
+    rng = random.Random(11)
+    sink = Sink()
+
+    async def jitter(item: int) -> int:
+        await anyio.sleep(0.005 if rng.random() < 0.05 else 0)
+        return item
+
+    flow = Flow().add(jitter, capacity=scaling(1, 4), name="ord", ordered=True).add(sink)
+    stats = await run(flow, range(800))
+    assert sink.seen == list(range(800))
+    (buffer,) = buffers
+    assert buffer == {}
+    assert buffer.worst == 4  # it did fill up, and never went past max_workers
     assert_balanced(stats)
 
 
