@@ -13,6 +13,8 @@ event loop (best of ``--repeat`` runs, wall clock):
   with ``batch=Batch(size=100)`` and a processor that returns ``len(batch)``: one call and
   one output per 100 items. The call costs almost nothing here, so this measures what the
   gatherer costs per item. Target: batched throughput >= 1 x unbatched.
+- **batch, identity, size 10**: the same with ``Batch(size=10)``: ten times as many batches
+  handed from the gatherer to the worker, for the same items.
 - **batch, one await per call**: the same, but each call awaits once
   (``await anyio.lowlevel.checkpoint()``), standing in for a call that does I/O (a database
   insert, an HTTP request): what batching is for. Target: batched >= 3 x unbatched.
@@ -43,6 +45,7 @@ ORDERED_WORKERS = 16
 MAX_DELAY = 0.002  # seconds: the processor sleeps uniform(0, MAX_DELAY)
 BATCH_ITEMS = 200_000
 BATCH_SIZE = 100
+SMALL_BATCH_SIZE = 10  # a small batch: what one hand-over per batch costs
 DEFAULT_REPEAT = 3
 
 TARGET_ORDERED = 0.85  # ordered / unordered throughput, at least
@@ -118,18 +121,19 @@ async def count_awaiting(batch: list[int]) -> int:
     return len(batch)
 
 
-def batch_scenario(items: int, awaiting: bool) -> Scenario:
+def batch_scenario(items: int, awaiting: bool, size: int = BATCH_SIZE) -> Scenario:
     one = Capacity(min_workers=1, max_workers=1)
     plain, batched = (identity_awaiting, count_awaiting) if awaiting else (identity, count)
+    name = "batch, one await per call" if awaiting else "batch, identity"
     return Scenario(
-        name="batch, one await per call" if awaiting else "batch, identity",
+        name=name if size == BATCH_SIZE else f"{name}, size {size}",
         baseline="1 call per item",
-        candidate=f"batch=Batch(size={BATCH_SIZE})",
+        candidate=f"batch=Batch(size={size})",
         target=TARGET_BATCH_AWAIT if awaiting else TARGET_BATCH_IDENTITY,
         items=items,
         make_baseline=lambda: Flow().add(plain, capacity=one, name="job"),
         make_candidate=lambda: Flow().add(
-            batched, capacity=one, name="job", batch=Batch(size=BATCH_SIZE, timeout=0.05)
+            batched, capacity=one, name="job", batch=Batch(size=size, timeout=0.05)
         ),
         source=range,
     )
@@ -224,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [
         ordered_scenario(ORDERED_ITEMS // scale),
         batch_scenario(BATCH_ITEMS // scale, awaiting=False),
+        batch_scenario(BATCH_ITEMS // scale, awaiting=False, size=SMALL_BATCH_SIZE),
         batch_scenario(BATCH_ITEMS // scale, awaiting=True),
     ]
     for backend in backends:

@@ -1,12 +1,14 @@
 """Batching: one gatherer per job turns its input into lists for the workers.
 
-The gatherer is the only reader of the job's input queue; the workers read
-finished batches from a rendezvous stream (buffer 0), so a job gathers one
-batch at a time for all its workers. A batch leaves when it is full, when
+The gatherer is the only reader of the job's input queue, so each batch is a
+run of consecutive inputs. The workers read finished batches from a stream
+that holds ``queue_length // size`` of them: the gatherer may run ahead of the
+workers by up to a queue's worth of items, since one hand-over per batch costs
+more than a small batch saves. A batch leaves when it is full, when
 ``timeout`` seconds have passed since its first item, or when the input ends:
 the last partial batch is never lost. Items are counted as ``received`` as
 the gatherer takes them, so a cancelled run still accounts for a half-gathered
-batch.
+batch, and for finished batches no worker has taken yet.
 """
 
 from __future__ import annotations

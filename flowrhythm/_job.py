@@ -113,7 +113,10 @@ class Job:
         self.task_group = task_group
         batch = self.spec.options.batch
         if batch is not None:
-            batches, self.receive = self.run.new_stream(0)
+            # The gatherer may run ahead of the workers by up to a queue's worth of
+            # items: one hand-over per batch would cost more than a small batch saves.
+            ahead = self.spec.capacity.queue_length // batch.size
+            batches, self.receive = self.run.new_stream(ahead)
             task_group.start_soon(
                 gather,
                 batch,

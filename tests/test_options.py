@@ -1216,6 +1216,29 @@ async def test_stop_while_a_batch_is_gathering_counts_its_items() -> None:
     assert (job.received, job.in_flight) == (3, 3)
 
 
+async def test_the_gatherer_runs_ahead_by_at_most_a_queue_of_items() -> None:
+    """A stuck processor: one batch in its worker, queue_length // size finished batches
+    waiting, one more held by the gatherer, a full queue, and nothing else taken."""
+    release = anyio.Event()
+
+    async def stuck(batch: list[int]) -> int:
+        await release.wait()
+        return len(batch)
+
+    flow = Flow().add(stuck, capacity=fixed(1, queue_length=30), name="b", batch=Batch(size=10))
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running, anyio.create_task_group() as tg:
+            tg.start_soon(feed, running, range(1000))
+            await wait_until(lambda: running.stats().jobs["b"].queue_depth == 30)
+            await anyio.wait_all_tasks_blocked()
+            job = running.stats().jobs["b"]
+            assert (job.received, job.queue_depth) == (10 + 3 * 10 + 10, 30)
+            assert (job.active, job.completed) == (1, 0)
+            running.stop()
+    job = running.stats().jobs["b"]
+    assert (job.received, job.in_flight) == (50, 50)  # every taken item is accounted for
+
+
 async def test_a_batched_error_job_gets_lists_of_error_items() -> None:
     errors = ErrorLog()
 
