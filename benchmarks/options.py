@@ -12,9 +12,9 @@ event loop (best of ``--repeat`` runs, wall clock):
   processor (``async def identity(x): return x``), one call per item. Candidate: the same job
   with ``batch=Batch(size=100)`` and a processor that returns ``len(batch)``: one call and
   one output per 100 items. The call costs almost nothing here, so this measures what the
-  gatherer costs per item. Target: batched throughput >= 1 x unbatched.
-- **batch, identity, size 10**: the same with ``Batch(size=10)``: ten times as many batches
-  handed from the gatherer to the worker, for the same items.
+  gathering costs per item. Target: batched throughput >= 1 x unbatched.
+- **batch, identity, size 10**: the same with ``Batch(size=10)``: ten times as many batches,
+  so ten times the cost per batch, for the same items.
 - **batch, one await per call**: the same, but each call awaits once
   (``await anyio.lowlevel.checkpoint()``), standing in for a call that does I/O (a database
   insert, an HTTP request): what batching is for. Target: batched >= 3 x unbatched.

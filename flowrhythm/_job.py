@@ -17,14 +17,14 @@ from anyio import EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._batch import gather
+from ._batch import Batcher
 from ._errors import ErrorItem
 from ._options import Exhausted, RateLimit, wrap
 from ._ordered import Reorder
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
 from ._timing import RateWindow
-from ._worker import NOTHING, Worker, work, work_general
+from ._worker import NOTHING, Numbered, Worker, work, work_general
 
 if TYPE_CHECKING:
     from ._flow import JobSpec
@@ -36,13 +36,13 @@ class Job:
     """The running instance of a :class:`JobSpec` (private)."""
 
     __slots__ = (
+        "batcher",
         "counters",
         "doorman",
         "errors",
         "finished",
         "input_ended",
         "limiter",
-        "queue",
         "rate",
         "rate_limit",
         "receive",
@@ -67,8 +67,7 @@ class Job:
     ) -> None:
         self.run = run
         self.spec = spec
-        self.queue = receive  # the job's input queue (what stats and the scaler watch)
-        self.receive = receive  # what the workers read: the queue, or finished batches
+        self.receive = receive  # the job's input queue
         self.send = send
         self.errors = errors
         self.counters = Counters(anyio.current_time)
@@ -86,6 +85,7 @@ class Job:
         self.reorder = (
             Reorder(spec.capacity.max_workers, self.counters) if options.ordered else None
         )
+        self.batcher = Batcher(options.batch, self.counters) if options.batch is not None else None
         self.rate_limit = (
             RateLimit(options.max_per_second, self.counters)
             if options.max_per_second is not None
@@ -111,20 +111,6 @@ class Job:
     def start(self, task_group: TaskGroup) -> None:
         """Start the job's initial workers (and its scaler) in the run's task group."""
         self.task_group = task_group
-        batch = self.spec.options.batch
-        if batch is not None:
-            # The gatherer may run ahead of the workers by up to a queue's worth of
-            # items: one hand-over per batch would cost more than a small batch saves.
-            ahead = self.spec.capacity.queue_length // batch.size
-            batches, self.receive = self.run.new_stream(ahead)
-            task_group.start_soon(
-                gather,
-                batch,
-                self.queue,
-                batches,
-                self.counters,
-                name=f"flowrhythm {self.name} batch",
-            )
         initial = self.spec.capacity.initial_workers
         for _ in range(initial):
             self.add_worker()
@@ -183,13 +169,25 @@ class Job:
     async def _doorman(self) -> None:
         """With no worker, wait for the first input and start a worker carrying it.
 
+        For a batched job the doorman gathers the first batch, under the batch
+        gate like a worker, and the new worker carries the batch.
+
         Without a worker nobody would read the input: the doorman is how a job
         with ``min_workers=0`` wakes up as soon as input arrives, and how end of
         input still reaches downstream when the job has no worker at all. It
         runs only while the job has no worker; the scaler leaves such a job alone.
         """
+        batcher = self.batcher
         try:
-            item = await self.receive.receive()
+            if batcher is None:
+                item = await self.receive.receive()
+            else:  # a batched job: the doorman gathers the first batch
+                async with batcher.gate:
+                    items = [await self.receive.receive()]
+                    self.counters.received += 1
+                    await batcher.complete(items, self.receive)
+                    reorder = self.reorder
+                    item = items if reorder is None else Numbered(items, reorder.take())
         except EndOfStream:
             self.input_ended = True
             if not self.workers:
@@ -314,7 +312,7 @@ class Job:
             idle=c.idle,
             active=max(workers - c.idle - c.blocked, 0),
             blocked=c.blocked,
-            queue_depth=self.queue.statistics().current_buffer_used,
+            queue_depth=self.receive.statistics().current_buffer_used,
             queue_length=capacity.queue_length,
             min_workers=capacity.min_workers,
             max_workers=capacity.max_workers,

@@ -67,7 +67,7 @@ async def run_scaler(job: Job) -> None:
     strategy = make_strategy(knobs.strategy)
     counters = job.counters
     clock = counters.clock
-    receive = job.queue
+    receive = job.receive
     downstream = job.send
     low, high = capacity.min_workers, capacity.max_workers
 

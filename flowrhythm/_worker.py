@@ -27,6 +27,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 from ._errors import LastWorkItem, StopProcessing
 
 if TYPE_CHECKING:
+    from ._batch import Batcher
     from ._job import Job
     from ._ordered import Reorder
 
@@ -230,7 +231,8 @@ async def work_general(
     """
     counters = job.counters
     reorder = job.reorder
-    batched = job.spec.options.batch is not None
+    batcher = job.batcher
+    batched = batcher is not None
     receive_nowait = job.receive.receive_nowait
     budget = YIELD_EVERY
 
@@ -238,7 +240,15 @@ async def work_general(
         # -- take an input ------------------------------------------------------------
         seq = 0
         if item is NOTHING:
-            if reorder is not None:
+            if batcher is not None:
+                taken = await take_batch(job, worker, batcher, reorder)
+                if taken is NOTHING:
+                    return
+                if reorder is not None:
+                    item, seq = taken
+                else:
+                    item = taken
+            elif reorder is not None:
                 taken = await take_in_order(job, worker, reorder)
                 if taken is NOTHING:
                     return
@@ -256,9 +266,9 @@ async def work_general(
                     return
                 if item is NOTHING:
                     return
-        elif isinstance(item, Numbered):  # rescued after a lost retirement race
+        elif isinstance(item, Numbered):  # rescued, or a batch gathered by the doorman
             item, seq = item.item, item.seq
-        elif reorder is not None:  # handed over by the doorman: no other worker
+        elif reorder is not None and not batched:  # handed over by the doorman
             seq = reorder.take()
         weight = len(item) if batched else 1
         if not batched:
@@ -335,6 +345,66 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
         worker.rescued = Numbered(item, seq)
         return NOTHING
     return item, seq
+
+
+async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorder | None) -> Any:
+    """Take the next batch of a batched job, or :data:`NOTHING` when the worker should leave.
+
+    Returns the batch (a list), or ``(batch, seq)`` for an ordered job. Without
+    waiting, a worker takes a full batch when nobody is gathering and the queue
+    holds one. Otherwise it gathers under the gate: it waits for the gate and
+    the first item holding nothing (idle, and safe to retire), then completes
+    the batch holding its items (idle, and not cancelled by a retirement). A
+    batch is numbered before anyone else can take an input.
+    """
+    if worker.retiring:
+        return NOTHING
+    counters = job.counters
+    receive = job.receive
+    gate = batcher.gate
+    items: list[Any] = []
+    if not gate.locked():
+        ended = batcher.take_ready(items, receive.receive_nowait)
+        if len(items) == batcher.size or (ended and items):
+            return items if reorder is None else (items, reorder.take())
+        if ended:
+            job.input_ended = True
+            return NOTHING
+        if items:
+            gate.acquire_nowait()
+    if not items:
+        worker.waiting = True
+        since = counters.enter_idle()
+        try:
+            await gate.acquire()  # another worker is gathering
+            try:
+                items.append(await receive.receive())
+            except EndOfStream:
+                gate.release()
+                job.input_ended = True
+                return NOTHING
+            except BaseException:
+                gate.release()
+                raise
+        finally:
+            counters.leave_idle(since)
+            worker.waiting = False
+        counters.received += 1
+    try:
+        if worker.leaving:
+            # Retired in the instant the first item came: the worker's scope is
+            # cancelled, so nothing may wait; the batch goes as it is.
+            batcher.take_ready(items, receive.receive_nowait)
+            worker.rescued = items if reorder is None else Numbered(items, reorder.take())
+            return NOTHING
+        since = counters.enter_idle()
+        try:
+            await batcher.complete(items, receive)
+        finally:
+            counters.leave_idle(since)
+        return items if reorder is None else (items, reorder.take())
+    finally:
+        gate.release()
 
 
 async def _process(

@@ -1165,7 +1165,8 @@ async def test_a_batch_generator_processor_counts_items() -> None:
     assert stats.items_out == 15
 
 
-async def test_one_gatherer_feeds_every_worker_while_the_job_scales() -> None:
+async def test_batches_are_runs_of_consecutive_inputs_while_the_job_scales() -> None:
+    """One worker at a time gathers, so no two batches interleave, from 0 to 4 workers."""
     rng = random.Random(13)
     batches: list[list[int]] = []
 
@@ -1216,27 +1217,26 @@ async def test_stop_while_a_batch_is_gathering_counts_its_items() -> None:
     assert (job.received, job.in_flight) == (3, 3)
 
 
-async def test_the_gatherer_runs_ahead_by_at_most_a_queue_of_items() -> None:
-    """A stuck processor: one batch in its worker, queue_length // size finished batches
-    waiting, one more held by the gatherer, a full queue, and nothing else taken."""
+async def test_stuck_batches_hold_one_batch_per_worker_and_leave_the_rest_queued() -> None:
+    """Workers gather their own batches: nothing is taken beyond the batches in hand."""
     release = anyio.Event()
 
     async def stuck(batch: list[int]) -> int:
         await release.wait()
         return len(batch)
 
-    flow = Flow().add(stuck, capacity=fixed(1, queue_length=30), name="b", batch=Batch(size=10))
+    flow = Flow().add(stuck, capacity=fixed(2, queue_length=30), name="b", batch=Batch(size=10))
     with anyio.fail_after(HANG_GUARD):
         async with flow.start() as running, anyio.create_task_group() as tg:
             tg.start_soon(feed, running, range(1000))
             await wait_until(lambda: running.stats().jobs["b"].queue_depth == 30)
             await anyio.wait_all_tasks_blocked()
             job = running.stats().jobs["b"]
-            assert (job.received, job.queue_depth) == (10 + 3 * 10 + 10, 30)
-            assert (job.active, job.completed) == (1, 0)
+            assert (job.received, job.queue_depth) == (2 * 10, 30)
+            assert (job.active, job.completed) == (2, 0)
             running.stop()
     job = running.stats().jobs["b"]
-    assert (job.received, job.in_flight) == (50, 50)  # every taken item is accounted for
+    assert (job.received, job.in_flight) == (20, 20)  # every taken item is accounted for
 
 
 async def test_a_batched_error_job_gets_lists_of_error_items() -> None:
