@@ -19,6 +19,11 @@ event loop (best of ``--repeat`` runs, wall clock):
   (``await anyio.lowlevel.checkpoint()``), standing in for a call that does I/O (a database
   insert, an HTTP request): what batching is for. Target: batched >= 3 x unbatched.
 
+Every candidate is also written by hand with anyio, in the same run: ``anyio_ordered`` (a pool
+of tasks releasing outputs in input order through a window of ``2 * workers`` inputs) and
+``anyio_batched`` (one task: a batch is the item it waited for and whatever is queued behind it).
+The last column, ``÷ anyio``, compares flowrhythm with that hand-written version.
+
 Run ``python benchmarks/options.py --help`` for the options; ``--quick`` is a smaller run
 for a first look. The table goes to stdout, progress to stderr.
 """
@@ -26,17 +31,20 @@ for a first look. The table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint
+from anyio.streams.memory import MemoryObjectSendStream
 
 from flowrhythm import Batch, Capacity, Flow
 
@@ -64,13 +72,90 @@ class Scenario:
     items: int
     make_baseline: Callable[[], Flow]
     make_candidate: Callable[[], Flow]
+    # The candidate written by hand with anyio: takes the source, returns the items done.
+    handwritten: Callable[[Any], Awaitable[int]]
     source: Callable[[int], Any]
-    # backend -> (baseline seconds, candidate seconds), best of the repeats
-    seconds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # backend -> (baseline, candidate, hand-written) seconds, best of the repeats
+    seconds: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 class BenchmarkError(RuntimeError):
     """A flow under test did not process every item."""
+
+
+# -- hand-written anyio references ----------------------------------------------------------
+
+
+async def feed(send: MemoryObjectSendStream[Any], source: Any) -> None:
+    """Send every item, without waiting while there is room (yielding now and then)."""
+    async with send:
+        for n, item in enumerate(source, 1):
+            try:
+                send.send_nowait(item)
+            except WouldBlock:
+                await send.send(item)
+            else:
+                if not n % 64:
+                    await checkpoint()
+
+
+async def anyio_ordered(fn: Callable[[Any], Awaitable[Any]], workers: int, source: Any) -> int:
+    """``workers`` tasks; outputs released in input order; at most ``2 * workers`` inputs
+    between the queue and the release (the same bound as ``ordered=True``)."""
+    send, receive = anyio.create_memory_object_stream[tuple[int, Any]](100)
+    window = anyio.Semaphore(2 * workers)
+    finished: dict[int, Any] = {}
+    head = 0
+
+    async def numbered() -> None:
+        async with send:
+            for seq, item in enumerate(source):
+                await window.acquire()
+                await send.send((seq, item))
+
+    async def work() -> None:
+        nonlocal head
+        async for seq, item in receive:
+            finished[seq] = await fn(item)
+            while head in finished:
+                del finished[head]  # released downstream, in order
+                head += 1
+                window.release()
+
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(numbered)
+        for _ in range(workers):
+            tg.start_soon(work)
+    return head
+
+
+async def anyio_batched(fn: Callable[[list[Any]], Awaitable[Any]], size: int, source: Any) -> int:
+    """One task: a batch is the first item it waits for and what is queued behind it."""
+    send, receive = anyio.create_memory_object_stream[Any](100)
+    done = 0
+
+    async def work() -> None:
+        nonlocal done
+        ended = False
+        while not ended:
+            try:
+                batch = [await receive.receive()]
+            except EndOfStream:
+                return
+            try:
+                while len(batch) < size:
+                    batch.append(receive.receive_nowait())
+            except WouldBlock:
+                pass
+            except EndOfStream:
+                ended = True
+            await fn(batch)
+            done += len(batch)
+
+    async with receive, anyio.create_task_group() as tg:
+        tg.start_soon(feed, send, source)
+        tg.start_soon(work)
+    return done
 
 
 # -- ordered --------------------------------------------------------------------------------
@@ -96,6 +181,7 @@ def ordered_scenario(items: int) -> Scenario:
         items=items,
         make_baseline=lambda: make(False),
         make_candidate=lambda: make(True),
+        handwritten=functools.partial(anyio_ordered, jitter, ORDERED_WORKERS),
         source=range,
     )
 
@@ -135,6 +221,7 @@ def batch_scenario(items: int, awaiting: bool, size: int = BATCH_SIZE) -> Scenar
         make_candidate=lambda: Flow().add(
             batched, capacity=one, name="job", batch=Batch(size=size, timeout=0.05)
         ),
+        handwritten=functools.partial(anyio_batched, batched, size),
         source=range,
     )
 
@@ -153,23 +240,35 @@ async def timed(flow: Flow, source: Any, items: int) -> float:
     return elapsed
 
 
+async def timed_handwritten(scenario: Scenario, items: int) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    done = await scenario.handwritten(scenario.source(items))
+    elapsed = time.perf_counter() - start
+    if done != items:
+        raise BenchmarkError(f"hand-written: {done} of {items} items done")
+    return elapsed
+
+
 async def run_backend(backend: str, scenarios: Sequence[Scenario], repeat: int) -> None:
     for scenario in scenarios:
-        # warm up both flows once (imports, first-call costs), then alternate
+        # warm up every case once (imports, first-call costs), then alternate
         warm = min(scenario.items, 1_000)
         await timed(scenario.make_baseline(), scenario.source(warm), warm)
         await timed(scenario.make_candidate(), scenario.source(warm), warm)
+        await timed_handwritten(scenario, warm)
         base: list[float] = []
         cand: list[float] = []
+        hand: list[float] = []
+        n = scenario.items
         for _ in range(repeat):
-            source = scenario.source(scenario.items)
-            base.append(await timed(scenario.make_baseline(), source, scenario.items))
-            source = scenario.source(scenario.items)
-            cand.append(await timed(scenario.make_candidate(), source, scenario.items))
-        scenario.seconds[backend] = (min(base), min(cand))
+            base.append(await timed(scenario.make_baseline(), scenario.source(n), n))
+            cand.append(await timed(scenario.make_candidate(), scenario.source(n), n))
+            hand.append(await timed_handwritten(scenario, n))
+        scenario.seconds[backend] = (min(base), min(cand), min(hand))
         print(
             f"{backend:7} {scenario.name:26} baseline {min(base):.3f} s, "
-            f"candidate {min(cand):.3f} s",
+            f"candidate {min(cand):.3f} s, hand-written {min(hand):.3f} s",
             file=sys.stderr,
         )
 
@@ -185,14 +284,14 @@ def print_table(scenarios: Sequence[Scenario], backends: Sequence[str]) -> bool:
     print()
     header = (
         "| scenario | backend | items | baseline | items/s | candidate | items/s "
-        "| ratio | target | result |"
+        "| ratio | target | result | anyio items/s | ÷ anyio |"
     )
     print(header)
     print("|" + " --- |" * (header.count("|") - 1))
     all_met = True
     for scenario in scenarios:
         for backend in backends:
-            base, cand = scenario.seconds[backend]
+            base, cand, hand = scenario.seconds[backend]
             ratio = base / cand  # candidate throughput / baseline throughput
             met = ratio >= scenario.target
             all_met &= met
@@ -200,10 +299,12 @@ def print_table(scenarios: Sequence[Scenario], backends: Sequence[str]) -> bool:
                 f"| {scenario.name} | {backend} | {scenario.items:,} "
                 f"| {scenario.baseline} | {scenario.items / base:,.0f} "
                 f"| {scenario.candidate} | {scenario.items / cand:,.0f} "
-                f"| {ratio:.2f} | >= {scenario.target:g} | {'PASS' if met else 'MISS'} |"
+                f"| {ratio:.2f} | >= {scenario.target:g} | {'PASS' if met else 'MISS'} "
+                f"| {scenario.items / hand:,.0f} | {hand / cand:.2f} |"
             )
     print()
     print("ratio = candidate throughput / baseline throughput (items per second)")
+    print("÷ anyio = candidate throughput / the candidate written by hand with anyio")
     return all_met
 
 
