@@ -1184,6 +1184,26 @@ async def test_batches_are_runs_of_consecutive_inputs_while_the_job_scales() -> 
     assert (job.received, job.completed) == (500, 500)
 
 
+async def test_idle_workers_do_not_split_a_trickle_into_small_batches() -> None:
+    """Four idle workers, items arriving one at a time: one worker gathers them all."""
+    batches: list[list[int]] = []
+
+    async def record(batch: list[int]) -> None:
+        batches.append(batch)
+
+    flow = Flow().add(record, capacity=fixed(4), name="b", batch=Batch(size=4, timeout=NEVER))
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running:
+            for item in range(8):
+                await running.send(item)
+                await anyio.wait_all_tasks_blocked()
+                job = running.stats().jobs["b"]
+                assert job.received == item + 1
+                assert job.idle == 4  # the gatherer waits for more, the others for the gate
+            await running.close()
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
 async def test_ordered_batches_leave_in_input_order() -> None:
     rng = random.Random(17)
 
