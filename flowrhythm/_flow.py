@@ -119,7 +119,7 @@ class Flow:
                 Dask ``Client.get_executor()``). The job's worker count bounds the
                 calls in flight; cancelling the run cancels calls not yet started.
             ordered: outputs leave in the order the inputs arrived, even with
-                many workers (a reorder buffer of at most ``max_workers`` parked inputs).
+                many workers (a reorder window of at most ``max_workers`` inputs).
             retry: a :class:`Retry`: retry failing calls with exponential back-off.
             timeout: seconds; a longer call is cancelled and fails with
                 :class:`TimeoutError` (for a generator: each step).

@@ -308,14 +308,14 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
 
     Inputs are numbered in the order they leave the queue. Without waiting, a
-    worker takes one only if nobody is waiting for input. Otherwise it queues
-    on the reorder lock (idle); the holder waits for an input and numbers it
-    before anyone else can take one. A worker in here holds no item, so
-    retiring it is safe throughout.
+    worker takes one only if nobody is waiting for input and the window has
+    room. Otherwise it waits for room (blocked), then queues on the reorder lock
+    (idle); the holder waits for an input and numbers it before anyone else can
+    take one. A worker in here holds no item, so retiring it is safe throughout.
     """
     if worker.retiring:
         return NOTHING
-    if not reorder.lock.locked():
+    if not reorder.lock.locked() and reorder.has_room():
         try:
             return job.receive.receive_nowait(), reorder.take()
         except WouldBlock:
@@ -326,19 +326,28 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     counters = job.counters
     worker.waiting = True
     try:
-        since = counters.enter_idle()
+        while True:
+            await reorder.wait_for_room()  # blocked while the window is full
+            since = counters.enter_idle()
+            try:
+                await reorder.lock.acquire()  # idle: another worker waits for input
+            finally:
+                counters.leave_idle(since)
+            if reorder.has_room():
+                break
+            reorder.lock.release()  # the window filled up meanwhile
         try:
-            await reorder.lock.acquire()  # idle: another worker waits for input
+            since = counters.enter_idle()
             try:
                 item = await job.receive.receive()
-                seq = reorder.take()
             except EndOfStream:
                 job.input_ended = True
                 return NOTHING
             finally:
-                reorder.lock.release()
+                counters.leave_idle(since)
+            seq = reorder.take()
         finally:
-            counters.leave_idle(since)
+            reorder.lock.release()
     finally:
         worker.waiting = False
     if worker.leaving:
@@ -352,10 +361,12 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
 
     Returns the batch (a list), or ``(batch, seq)`` for an ordered job. Without
     waiting, a worker takes a full batch when nobody is gathering and the queue
-    holds one. Otherwise it gathers under the gate: it waits for the gate and
-    the first item holding nothing (idle, and safe to retire), then completes
-    the batch holding its items (idle, and not cancelled by a retirement). A
-    batch is numbered before anyone else can take an input.
+    holds one (and, ordered, the reorder window has room). Otherwise it gathers
+    under the gate: it waits for room in the window (blocked), the gate and the
+    first item holding nothing (idle, and safe to retire), then completes the
+    batch holding its items (idle, and not cancelled by a retirement). A batch
+    is numbered before anyone else can take an input, and the window keeps the
+    room it had while the gate is held: only the gate holder numbers.
     """
     if worker.retiring:
         return NOTHING
@@ -363,7 +374,7 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
     receive = job.receive
     gate = batcher.gate
     items: list[Any] = []
-    if not gate.locked():
+    if not gate.locked() and (reorder is None or reorder.has_room()):
         ended = batcher.take_ready(items, receive.receive_nowait)
         if len(items) == batcher.size or (ended and items):
             return items if reorder is None else (items, reorder.take())
@@ -374,9 +385,19 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
             gate.acquire_nowait()
     if not items:
         worker.waiting = True
-        since = counters.enter_idle()
         try:
-            await gate.acquire()  # another worker is gathering
+            while True:
+                if reorder is not None:
+                    await reorder.wait_for_room()  # blocked while the window is full
+                since = counters.enter_idle()
+                try:
+                    await gate.acquire()  # idle: another worker is gathering
+                finally:
+                    counters.leave_idle(since)
+                if reorder is None or reorder.has_room():
+                    break
+                gate.release()  # the window filled up meanwhile
+            since = counters.enter_idle()
             try:
                 items.append(await receive.receive())
             except EndOfStream:
@@ -386,8 +407,9 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
             except BaseException:
                 gate.release()
                 raise
+            finally:
+                counters.leave_idle(since)
         finally:
-            counters.leave_idle(since)
             worker.waiting = False
         counters.received += 1
     try:
