@@ -278,6 +278,122 @@ async def test_cancel_the_run_at_random_instants(
     assert hits >= INSTANTS // 2, hits
 
 
+# -- the same, through batched and ordered jobs ---------------------------------------------------
+
+OPTION_INSTANTS = 100
+BATCH_SIZE = 3
+OPTION_CAPACITIES: dict[str, Capacity] = {
+    "batch": UtilizationCapacity(min_workers=0, max_workers=3, queue_length=2, **CHURN),
+    "split": Capacity(min_workers=1, max_workers=1, queue_length=1),
+    "ordered": UtilizationCapacity(min_workers=1, max_workers=4, queue_length=1, **CHURN),
+    "sink": Capacity(min_workers=1, max_workers=1, queue_length=1),
+    "errors": Capacity(min_workers=1, max_workers=1, queue_length=1),
+}
+#: The most items a job may hold: the reorder window counts batches of a batched job.
+OPTION_HELD = {"batch": 3 * BATCH_SIZE, "split": 1, "ordered": 4, "sink": 1, "errors": 1}
+
+
+class OptionsInstant:
+    """Ordered batches, split again, through an ordered autoscaled job, with failures."""
+
+    def __init__(self, rng: random.Random) -> None:
+        pauses = [rng.randrange(0, 4) for _ in range(32)]
+
+        async def gathered(batch: list[int]) -> list[int]:
+            for _ in range(pauses[batch[0] % 32]):
+                await checkpoint()
+            if any(item % 13 == 4 for item in batch):
+                raise Boom(batch)
+            return batch
+
+        async def split(batch: list[int]) -> AsyncIterator[int]:
+            for item in batch:
+                yield item
+
+        async def work(item: int) -> int:
+            for _ in range(pauses[item % 32]):
+                await checkpoint()
+            return item
+
+        async def report(error: ErrorItem) -> None:
+            await checkpoint()
+            self.failed_batches.append(error.item)
+
+        self.sink = Sink()
+        self.failed_batches: list[list[int]] = []
+        c = OPTION_CAPACITIES
+        flow = Flow()
+        flow.add(
+            gathered,
+            c["batch"],
+            name="batch",
+            ordered=True,
+            batch=Batch(size=BATCH_SIZE, timeout=0.001),
+        )
+        flow.add(split, c["split"], name="split")
+        flow.add(work, c["ordered"], name="ordered", ordered=True)
+        flow.add(self.sink, c["sink"], name="sink")
+        flow.add_error_job(report, c["errors"], name="errors")
+        self.flow = flow
+
+    def check(self, stats: FlowStats, n: int) -> None:
+        seen = self.sink.items
+        assert seen == sorted(set(seen))  # in input order, none twice
+        for batch in self.failed_batches:  # whole batches of consecutive items, each guilty
+            assert 1 <= len(batch) <= BATCH_SIZE
+            assert batch == list(range(batch[0], batch[0] + len(batch)))
+            assert any(item % 13 == 4 for item in batch)
+        failed = [item for batch in self.failed_batches for item in batch]
+        assert not set(seen) & set(failed)
+        for name, job in stats.jobs.items():
+            assert job.received == job.completed + job.skipped + job.errored + job.in_flight
+            assert 0 <= job.in_flight <= OPTION_HELD[name], (name, job)
+        if stats.done:
+            assert_balanced(stats)
+            assert sorted(seen + failed) == list(range(n))
+
+
+async def cancel_one_with_options(backend_rng: random.Random) -> bool:
+    rng = random.Random(backend_rng.getrandbits(64))
+    instant = OptionsInstant(rng)
+    n = rng.randrange(0, MAX_ITEMS)
+    rounds = rng.randrange(0, 2 * n + 20)
+    before = live_tasks()
+    finished = False
+    handle: list[RunningFlow] = []
+
+    async def body() -> None:
+        nonlocal finished
+        async with instant.flow.start() as running:
+            handle.append(running)
+            for item in range(n):
+                await running.send(item)
+            await running.close()
+            await running.join()
+        finished = True
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(HANG_GUARD):
+        with anyio.CancelScope() as outer:
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancel_after, rounds, outer)
+                await body()
+        assert outer.cancelled_caught
+
+    assert live_tasks() <= before
+    instant.check(handle[0].stats(), n)
+    assert_no_unclosed_streams()
+    return not finished
+
+
+async def test_cancel_batched_and_ordered_jobs_at_random_instants(
+    anyio_backend: str, frozen_heap: None
+) -> None:
+    rng = random.Random(f"flowrhythm-cancel-options-{anyio_backend}")
+    hits = sum([await cancel_one_with_options(rng) for _ in range(OPTION_INSTANTS)])
+    assert hits >= OPTION_INSTANTS // 2, hits
+
+
 # -- the instants that matter most -------------------------------------------------------------
 
 
