@@ -233,7 +233,6 @@ async def work_general(
     reorder = job.reorder
     batcher = job.batcher
     batched = batcher is not None
-    receive_nowait = job.receive.receive_nowait
     budget = YIELD_EVERY
 
     while True:
@@ -242,30 +241,15 @@ async def work_general(
         if item is NOTHING:
             if batcher is not None:
                 taken = await take_batch(job, worker, batcher, reorder)
-                if taken is NOTHING:
-                    return
-                if reorder is not None:
-                    item, seq = taken
-                else:
-                    item = taken
-            elif reorder is not None:
+            else:
+                assert reorder is not None  # plain jobs run `work`
                 taken = await take_in_order(job, worker, reorder)
-                if taken is NOTHING:
-                    return
+            if taken is NOTHING:
+                return
+            if reorder is not None:
                 item, seq = taken
             else:
-                if worker.retiring:
-                    return
-                try:
-                    item = receive_nowait()
-                except WouldBlock:
-                    item = await wait_for_item(job, worker)
-                    budget = YIELD_EVERY
-                except EndOfStream:
-                    job.input_ended = True
-                    return
-                if item is NOTHING:
-                    return
+                item = taken
         elif isinstance(item, Numbered):  # rescued, or a batch gathered by the doorman
             item, seq = item.item, item.seq
         elif reorder is not None and not batched:  # handed over by the doorman
