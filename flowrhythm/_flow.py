@@ -78,11 +78,26 @@ class Flow:
     workers from it, so the same flow can run many times, one after another or
     at once.
 
+    Args:
+        name: keyword-only: the flow's name, which metrics carry as their
+            ``flow`` label (see :mod:`flowrhythm.prometheus`).
+
+    Raises:
+        TypeError, ValueError: ``name`` is not a non-empty ``str``.
+
     .. versionadded:: 0.1
     """
 
+    #: The flow's name, for metrics (the ``flow`` label of :mod:`flowrhythm.prometheus`).
+    #: ``None`` for an unnamed flow.
+    name: str | None = attrs.field(default=None, kw_only=True)
     _jobs: list[JobSpec] = attrs.field(init=False, factory=list)
     _error_job: JobSpec | None = attrs.field(init=False, default=None)
+
+    @name.validator
+    def _check_flow_name(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_name(value)
 
     # -- building ------------------------------------------------------------------
 
@@ -110,7 +125,9 @@ class Flow:
                 ``@workers`` on the processor, which beat the default
                 ``Capacity()`` (one worker, a queue of 100).
             name: the job's name; beats ``@job_name``, which beats the
-                processor's ``__qualname__``. Explicit names must be unique; a
+                processor's ``__qualname__`` (without the enclosing function of
+                a nested one: ``call_api``, not ``main.<locals>.call_api``).
+                Explicit names must be unique; a
                 repeated default name gets a suffix (``inc``, ``inc#2``).
             executor: run a *synchronous* ``processor`` off the event loop:
                 ``"thread"`` (anyio worker threads), ``"process"`` (anyio worker
