@@ -3,8 +3,9 @@
 :func:`monitor` samples ``running.stats()`` every ``interval`` seconds in a task
 of its own, like :func:`record`, and shows each snapshot: a `rich`_ table that
 redraws in place when the output is a terminal, one plain line per interval
-otherwise. rich is optional (``pip install flowrhythm[monitor]``) and imported
-only here, only when a monitor starts, so flowrhythm itself imports without it.
+otherwise. rich is optional (the ``monitor`` extra: ``pip install ".[monitor]"``
+in a clone of flowrhythm) and imported only here, only when a monitor starts, so
+flowrhythm itself imports without it.
 
 .. _rich: https://rich.readthedocs.io/
 """
@@ -252,7 +253,8 @@ def render_stats(
             describes what happened since it (see :meth:`FlowStats.bottleneck`).
         title: the panel's title.
 
-    Needs rich (``pip install flowrhythm[monitor]``); it is imported when the
+    Needs rich (the ``monitor`` extra: ``pip install ".[monitor]"`` in a clone of
+    flowrhythm); it is imported when the
     renderable is drawn.
 
     .. versionadded:: 0.1
@@ -412,7 +414,10 @@ def open_display(console: Console | None, plain: bool | None, title: str) -> Dis
     """The display :func:`monitor` uses: live where it can and may, plain otherwise."""
     rich_console = console if console is not None or plain is True else default_console()
     if plain is False and rich_console is None:
-        raise ImportError("monitor(plain=False) needs rich: pip install 'flowrhythm[monitor]'")
+        raise ImportError(
+            'monitor(plain=False) needs rich: install flowrhythm with its "monitor" extra '
+            '(pip install ".[monitor]" in a clone of flowrhythm)'
+        )
     width = console.width if console is not None else None
     if rich_console is None or plain is True:
         return PlainDisplay(_write_to(rich_console), width)

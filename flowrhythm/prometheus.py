@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol, final
+from typing import Protocol, final
 
 import anyio
 import anyio.from_thread
@@ -57,10 +57,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._decorators import check_name
-
-if TYPE_CHECKING:
-    from ._flow import Flow
-    from ._stats import FlowStats
+from ._flow import Flow
+from ._stats import FlowStats
 
 __all__ = ["FlowCollector", "StatsSource"]
 

@@ -287,7 +287,7 @@ async def test_without_rich_plain_lines_go_to_stderr(capsys: pytest.CaptureFixtu
 @pytest.mark.usefixtures("no_rich")
 async def test_without_rich_the_live_view_cannot_be_forced() -> None:
     async with small_flow().start() as running:
-        with pytest.raises(ImportError, match=r"flowrhythm\[monitor\]"):
+        with pytest.raises(ImportError, match='"monitor" extra'):
             async with monitor(running, plain=False):
                 pass
 
