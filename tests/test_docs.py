@@ -178,7 +178,7 @@ def test_ci_tests_exactly_the_pythons_the_package_declares() -> None:
 
 @pytest.mark.parametrize("cls", [flowrhythm.Capacity, flowrhythm.UtilizationCapacity])
 def test_help_shows_computed_defaults_not_the_attrs_sentinel(cls: type) -> None:
-    assert "NOTHING" not in pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    assert "NOTHING" not in pydoc.render_doc(cls, renderer=pydoc.plaintext)  # type: ignore[attr-defined]
     signature = str(inspect.signature(cls))
     assert "max_workers: 'int' = max(min_workers, 1)" in signature
     assert "initial_workers: 'int' = min_workers" in signature
