@@ -46,9 +46,8 @@ PLAIN_INTERVAL = 1.0
 WORKER_CELLS = 12
 #: Cells of the queue bar.
 QUEUE_CELLS = 8
-#: Below this width the view is compact: shorter workers bars, no queue bar,
-#: fewer columns.
-COMPACT_WIDTH = 110
+#: Columns the panel around the table takes (borders and padding).
+PANEL_FRAME = 4
 #: Cells of the workers bar in the compact view.
 COMPACT_CELLS = 8
 
@@ -214,8 +213,8 @@ def _footer(stats: FlowStats, line: str) -> Text:
 class StatsView:
     """A rich renderable of one :class:`FlowStats` (what :func:`render_stats` returns).
 
-    It chooses shorter bars when the console is narrower than
-    :data:`COMPACT_WIDTH`.
+    When the full table does not fit the console, it draws a compact one:
+    shorter workers bars, no queue bar, fewer columns.
     """
 
     __slots__ = ("line", "stats", "title")
@@ -227,10 +226,14 @@ class StatsView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.console import Group
+        from rich.measure import Measurement
         from rich.panel import Panel
 
-        compact = options.max_width < COMPACT_WIDTH
-        body = Group(_table(self.stats, compact), _footer(self.stats, self.line))
+        table = _table(self.stats, compact=False)
+        needed = Measurement.get(console, options, table).maximum + PANEL_FRAME
+        if needed > options.max_width:
+            table = _table(self.stats, compact=True)
+        body = Group(table, _footer(self.stats, self.line))
         yield Panel(body, title=self.title, title_align="left", expand=False)
 
 
