@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import os
 import pydoc
 import re
 import subprocess
@@ -61,13 +60,9 @@ def blocks_of(page: Path) -> list[Block]:
 
 
 def run_in_subprocess(args: list[str], cwd: Path, where: str) -> None:
-    env = dict(os.environ)
-    # The test may run against the working tree (PYTHONPATH) or the installed package.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
-        env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import re
 import sqlite3
 import subprocess
@@ -46,14 +45,11 @@ async def test_quickstart_prints_the_results(capsys: pytest.CaptureFixture[str])
 
 def run_script(path: Path, *args: str) -> str:
     """Run ``path`` as ``python path args...`` with no terminal; return its standard output."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, str(path), *args],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
-        env=env,
         timeout=120,
         check=False,
     )
