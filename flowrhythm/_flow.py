@@ -24,6 +24,7 @@ from ._processors import Stage, decorated, default_name
 from ._runtime import RunningFlow, open_run, start_run, stream_run
 from ._scaler import ScalingEvent
 from ._stats import FlowStats
+from ._validate import check_number
 
 
 @final
@@ -78,11 +79,26 @@ class Flow:
     workers from it, so the same flow can run many times, one after another or
     at once.
 
+    Args:
+        name: keyword-only: the flow's name, which metrics carry as their
+            ``flow`` label (see :mod:`flowrhythm.prometheus`).
+
+    Raises:
+        TypeError, ValueError: ``name`` is not a non-empty ``str``.
+
     .. versionadded:: 0.1
     """
 
+    #: The flow's name, for metrics (the ``flow`` label of :mod:`flowrhythm.prometheus`).
+    #: ``None`` for an unnamed flow.
+    name: str | None = attrs.field(default=None, kw_only=True)
     _jobs: list[JobSpec] = attrs.field(init=False, factory=list)
     _error_job: JobSpec | None = attrs.field(init=False, default=None)
+
+    @name.validator
+    def _check_flow_name(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_name(value)
 
     # -- building ------------------------------------------------------------------
 
@@ -110,7 +126,9 @@ class Flow:
                 ``@workers`` on the processor, which beat the default
                 ``Capacity()`` (one worker, a queue of 100).
             name: the job's name; beats ``@job_name``, which beats the
-                processor's ``__qualname__``. Explicit names must be unique; a
+                processor's ``__qualname__`` (without the enclosing function of
+                a nested one: ``call_api``, not ``main.<locals>.call_api``).
+                Explicit names must be unique; a
                 repeated default name gets a suffix (``inc``, ``inc#2``).
             executor: run a *synchronous* ``processor`` off the event loop:
                 ``"thread"`` (anyio worker threads), ``"process"`` (anyio worker
@@ -261,7 +279,7 @@ class Flow:
         source: Iterable[Any] | AsyncIterable[Any],
         *,
         on_scale: OnScale | None = None,
-        progress: bool = False,
+        progress: bool | float = False,
     ) -> FlowStats:
         """Run the flow over ``source`` until it drains; the outputs are discarded.
 
@@ -272,9 +290,11 @@ class Flow:
             source: the items.
             on_scale: called with a :class:`ScalingEvent` for every change of a
                 job's worker count (an exception from it fails the run).
-            progress: show the run with :func:`monitor` (a live table in a
-                terminal, plain lines on standard error otherwise) and print
-                :meth:`FlowStats.report` when it ends.
+            progress: ``True`` to show the run with :func:`monitor` (a live
+                table in a terminal, a plain line every second on standard
+                error otherwise) and print :meth:`FlowStats.report` when it
+                ends; a number instead of ``True`` sets the seconds between two
+                frames or lines.
 
         Returns:
             The final :class:`FlowStats`.
@@ -282,18 +302,19 @@ class Flow:
         Raises:
             ExceptionGroup: a processor failed with no error job to take the item,
                 or the error job failed (the exception is inside the group).
-            TypeError: ``progress`` is not a bool.
+            TypeError, ValueError: ``progress`` is neither a bool nor a number ``> 0``.
         """
         self._check_runnable()
         _check_source(source)
         _check_callback(on_scale)
+        interval = None
         if not isinstance(progress, bool):
-            raise TypeError(f"progress must be a bool, got {progress!r}")
+            interval = check_number("progress", progress, low=0.0, low_open=True)
         async with open_run(
             list(self._jobs), self._error_job, source=source, on_scale=on_scale
         ) as run:
-            if progress:
-                async with monitor(RunningFlow._create(run)):
+            if progress is not False:
+                async with monitor(RunningFlow._create(run), interval=interval):
                     await run.done.wait()
         return run.snapshot()
 

@@ -86,7 +86,9 @@ def default_name(processor: object) -> str:
     name = getattr(target, "__qualname__", None)
     if not isinstance(name, str):
         name = type(target).__qualname__
-    return name
+    # A function defined inside another is named by itself: "call_api", not
+    # "main.<locals>.call_api".
+    return name.rpartition("<locals>.")[2]
 
 
 def decorated(processor: object, attr: str) -> Any:

@@ -1,4 +1,4 @@
-"""Offload (API §6): ``executor="thread"`` / ``"process"`` / a concurrent.futures.Executor.
+"""Offload: ``executor="thread"`` / ``"process"`` / a concurrent.futures.Executor.
 
 Functions that run in other processes live in ``offload_helpers`` (they must be
 importable there). Calls in flight are counted inside the function: with a

@@ -1,4 +1,4 @@
-"""Job options (API §7): ordered, retry, timeout, max_per_second and batch, on asyncio and trio.
+"""Job options: ordered, retry, timeout, max_per_second and batch, on asyncio and trio.
 
 Every option is checked for its behaviour, its error and cancellation paths, and how it
 meets autoscaling and end of input; a property test mixes them at random. Exact timing is
