@@ -230,7 +230,9 @@ class Stage:
             return
 
         manager = self.processor.make()
-        if not (hasattr(manager, "__aenter__") and hasattr(manager, "__aexit__")):
+        if isinstance(manager, type) or not (
+            hasattr(type(manager), "__aenter__") and hasattr(type(manager), "__aexit__")
+        ):
             raise TypeError(
                 f"ProcessorFactory.make() must return an async context manager, got {manager!r}"
             )

@@ -592,3 +592,19 @@ async def test_retry_without_an_error_job_fails_the_run_with_the_last_error() ->
     [leaf] = leaves(caught.value)
     assert isinstance(leaf, Boom)
     assert leaf.args == (3,)
+
+
+async def test_a_factory_whose_make_returns_a_class_fails_with_a_clear_error() -> None:
+    class Manager:
+        async def __aenter__(self) -> Callable[[int], Any]:
+            return noop
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    flow = Flow().add(ProcessorFactory(lambda: Manager))  # type: ignore[arg-type,return-value]
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await run(flow, [1])
+    [leaf] = leaves(caught.value)
+    assert isinstance(leaf, TypeError)
+    assert "must return an async context manager" in str(leaf)
