@@ -135,7 +135,9 @@ class Flow:
                 many workers (a reorder window of at most ``max_workers`` inputs).
             retry: a :class:`Retry`: retry failing calls with exponential back-off.
             timeout: seconds; a longer call is cancelled and fails with
-                :class:`TimeoutError` (for a generator: each step).
+                :class:`TimeoutError` (for a generator: each step). An offloaded
+                call cannot be cut short: one that returns late fails with
+                :class:`TimeoutError` and is not retried (it ran to completion).
             max_per_second: start at most this many calls per second, however
                 many workers the job has (per run).
             batch: a :class:`Batch`: the processor receives lists of items.
@@ -241,7 +243,7 @@ class Flow:
         executor: object,
         options: JobOptions,
     ) -> JobSpec:
-        stage = Stage.build(processor, lock, executor)
+        stage = Stage.build(processor, lock, executor, options.timeout)
         return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity), options)
 
     def _name(self, processor: object, name: object) -> str:

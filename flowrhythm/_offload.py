@@ -108,9 +108,18 @@ def call_and_check(fn: Callable[[Any], Any], item: Any, caller: int = -1) -> Any
 
 
 def offloaded(
-    fn: Callable[[Any], Any], executor: ExecutorSpec, limiter: anyio.CapacityLimiter
+    fn: Callable[[Any], Any],
+    executor: ExecutorSpec,
+    limiter: anyio.CapacityLimiter,
+    start_timeout: float | None = None,
 ) -> Callable[[Any], Any]:
-    """The async processor that runs ``fn`` through ``executor``."""
+    """The async processor that runs ``fn`` through ``executor``.
+
+    ``start_timeout`` (the job's ``timeout=``) bounds how long a call may wait
+    in an Executor's queue: one that has not started by then is cancelled
+    there and fails with :class:`TimeoutError` (it never ran, so it may be
+    retried).
+    """
     if executor == "thread":
 
         async def in_thread(item: Any) -> Any:
@@ -131,19 +140,23 @@ def offloaded(
 
     async def in_executor(item: Any) -> Any:
         async with limiter:
-            return await wait_future(pool.submit(call_and_check, fn, item, pid))
+            return await wait_future(pool.submit(call_and_check, fn, item, pid), start_timeout)
 
     return in_executor
 
 
-async def wait_future(future: Future[Any]) -> Any:
+async def wait_future(future: Future[Any], start_timeout: float | None = None) -> Any:
     """Await a :class:`concurrent.futures.Future` without holding a thread.
 
     On cancellation the future is cancelled if it has not started. A call
     already running cannot be cut short: it is waited for, shielded, and its
     result dropped, so that no call outlives the worker that made it (and the
-    job's worker count keeps bounding the calls in flight) — as anyio does for
+    job's worker count keeps bounding the calls in flight) -- as anyio does for
     a thread.
+
+    Raises:
+        TimeoutError: the call had not started ``start_timeout`` seconds after
+            it was submitted; it was cancelled in the executor's queue.
     """
     if not future.done():
         done = anyio.Event()
@@ -160,6 +173,14 @@ async def wait_future(future: Future[Any]) -> Any:
 
         future.add_done_callback(wake)
         try:
+            if start_timeout is not None:
+                with anyio.move_on_after(start_timeout):
+                    await done.wait()
+                if not done.is_set() and future.cancel():  # still queued: it never runs
+                    raise TimeoutError(
+                        f"the call did not start within its timeout of {start_timeout:g}s: "
+                        "it waited in the executor's queue, and was cancelled there"
+                    )
             await done.wait()
         except BaseException:
             if not future.cancel():  # running: wait until it has finished

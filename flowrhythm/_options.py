@@ -55,7 +55,9 @@ class Retry:
     retried; :class:`StopProcessing` and :class:`RouteToErrorQueue` never are.
     After the last attempt the item goes the usual error way, and
     :attr:`ErrorItem.attempts` says how many calls were made. A generator is
-    retried only if it fails before its first yield.
+    retried only if it fails before its first yield. A worker waiting in the
+    back-off counts as *blocked*, not active, so a failing job does not grow;
+    an offloaded call that returned after its ``timeout`` is never retried.
 
     Raises:
         TypeError, ValueError: ``attempts < 1``, negative ``backoff`` /

@@ -195,9 +195,17 @@ class Stage:
     lock: AbstractAsyncContextManager[Any] | None = None
     is_generator: bool = False
     executor: ExecutorSpec | None = None
+    #: ``timeout=`` of the job: how long an Executor call may wait in its queue.
+    start_timeout: float | None = None
 
     @classmethod
-    def build(cls, processor: object, lock: object = NO_LOCK, executor: object = None) -> Stage:
+    def build(
+        cls,
+        processor: object,
+        lock: object = NO_LOCK,
+        executor: object = None,
+        start_timeout: float | None = None,
+    ) -> Stage:
         """Normalise a processor; ``lock`` is the resource manager of ``add_job_with_lock``."""
         if lock is not NO_LOCK:
             check_resource_manager(lock)
@@ -206,7 +214,7 @@ class Stage:
             if isinstance(processor, ProcessorFactory):
                 raise TypeError("executor= takes a synchronous callable, not a ProcessorFactory")
             check_offload(processor, executor)
-            return cls(processor, manager, False, executor)  # type: ignore[arg-type]
+            return cls(processor, manager, False, executor, start_timeout)  # type: ignore[arg-type]
         if isinstance(processor, ProcessorFactory):
             return cls(processor, manager)  # type: ignore[arg-type]
         is_gen = kind(processor)
@@ -225,7 +233,7 @@ class Stage:
             fn = self.processor
             if self.executor is not None:
                 assert limiter is not None
-                fn = offloaded(fn, self.executor, limiter)
+                fn = offloaded(fn, self.executor, limiter, self.start_timeout)
             yield fn, self.is_generator
             return
 

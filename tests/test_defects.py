@@ -608,3 +608,27 @@ async def test_a_factory_whose_make_returns_a_class_fails_with_a_clear_error() -
     [leaf] = leaves(caught.value)
     assert isinstance(leaf, TypeError)
     assert "must return an async context manager" in str(leaf)
+
+
+async def test_an_executor_call_still_queued_at_its_timeout_is_cancelled_and_retried() -> None:
+    calls = InFlight(0.0)
+    errors = Errors()
+    busy = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(busy.wait, HANG_GUARD)  # the pool's only thread is taken
+        try:
+            flow = Flow().add(
+                calls,
+                name="job",
+                executor=pool,
+                timeout=0.01,
+                retry=Retry(attempts=2, backoff=0.0),
+            )
+            await run(flow.add_error_job(errors), [4])
+        finally:
+            busy.set()
+    assert calls.ran == []  # never started: cancelled in the queue, twice
+    [error] = errors.items
+    assert isinstance(error.exception, TimeoutError)
+    assert "did not start" in str(error.exception)
+    assert error.attempts == 2
