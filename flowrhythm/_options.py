@@ -204,7 +204,11 @@ class RateLimit:
 
 @final
 class Accounted:
-    """A resource manager whose waits count as *blocked*: more workers cannot help."""
+    """A resource manager whose waits count as *blocked*: more workers cannot help.
+
+    Its exit sees how the call ended, but cannot swallow it: a failure is the
+    item's, and a cancellation is the run's, whatever ``__aexit__`` returns.
+    """
 
     __slots__ = ("counters", "manager")
 
@@ -224,8 +228,8 @@ class Accounted:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        return await self.manager.__aexit__(exc_type, exc, tb)
+    ) -> None:
+        await self.manager.__aexit__(exc_type, exc, tb)
 
 
 def wrap(

@@ -632,3 +632,52 @@ async def test_an_executor_call_still_queued_at_its_timeout_is_cancelled_and_ret
     assert isinstance(error.exception, TimeoutError)
     assert "did not start" in str(error.exception)
     assert error.attempts == 2
+
+
+class Swallowing:
+    """A resource manager whose exit returns True: it would swallow any exception."""
+
+    def __init__(self) -> None:
+        self.seen: list[type[BaseException] | None] = []
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> bool:
+        self.seen.append(exc_type)
+        return True
+
+
+async def test_a_resource_manager_sees_a_failure_but_cannot_swallow_it() -> None:
+    manager = Swallowing()
+    errors = Errors()
+
+    async def fails(item: int) -> int:
+        raise Boom(item)
+
+    stats = await run(
+        Flow().add_job_with_lock(fails, manager, name="job").add_error_job(errors), [1]
+    )
+    assert manager.seen == [Boom]
+    assert [type(e.exception) for e in errors.items] == [Boom]
+    assert stats.jobs["job"].errored == 1
+
+
+async def test_a_resource_manager_cannot_swallow_the_cancellation_of_the_run() -> None:
+    manager = Swallowing()
+    entered = anyio.Event()
+
+    async def waits(item: int) -> int:
+        entered.set()
+        await anyio.sleep_forever()
+        return item
+
+    flow = Flow().add_job_with_lock(waits, manager, name="job")
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running:
+            await running.send(1)
+            await entered.wait()
+            running.stop()
+    assert manager.seen == [anyio.get_cancelled_exc_class()]
+    job = running.stats().jobs["job"]
+    assert (job.received, job.completed, job.in_flight) == (1, 0, 1)  # abandoned, not "done"
