@@ -13,8 +13,9 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
-from anyio import EndOfStream, WouldBlock
+from anyio import BrokenResourceError, EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._batch import Batcher
@@ -82,8 +83,12 @@ class Job:
         self.rate = RateWindow(self.counters.clock())
         # Offloaded calls: one limiter per job, its size following the worker count.
         options = spec.options
+        # One worker keeps the order by itself: such a job runs the plain loop.
+        max_workers = spec.capacity.max_workers
         self.reorder = (
-            Reorder(spec.capacity.max_workers, self.counters) if options.ordered else None
+            Reorder(2 * max_workers, self.counters)
+            if options.ordered and max_workers > 1
+            else None
         )
         self.batcher = Batcher(options.batch, self.counters) if options.batch is not None else None
         self.rate_limit = (
@@ -178,15 +183,20 @@ class Job:
         runs only while the job has no worker; the scaler leaves such a job alone.
         """
         batcher = self.batcher
+        reorder = self.reorder
         try:
             if batcher is None:
                 item = await self.receive.receive()
+                # Counted and numbered the instant it leaves the queue: the new
+                # worker may take a while to open, and the run may be cancelled.
+                self.counters.received += 1
+                if reorder is not None:
+                    item = Numbered(item, reorder.take())
             else:  # a batched job: the doorman gathers the first batch
                 async with batcher.gate:
                     items = [await self.receive.receive()]
                     self.counters.received += 1
                     await batcher.complete(items, self.receive)
-                    reorder = self.reorder
                     item = items if reorder is None else Numbered(items, reorder.take())
         except EndOfStream:
             self.input_ended = True
@@ -213,7 +223,7 @@ class Job:
                     lock=stage.lock,
                     interruptible=stage.executor is None or isinstance(stage.executor, Executor),
                 )
-                loop = work if options.batch is None and not options.ordered else work_general
+                loop = work if self.batcher is None and self.reorder is None else work_general
                 try:
                     while True:
                         with worker.scope:
@@ -265,13 +275,27 @@ class Job:
     async def _hand_on(self, stream: MemoryObjectSendStream[Any], value: Any) -> None:
         """Send without waiting if there is room; otherwise wait, counted as blocked."""
         try:
-            stream.send_nowait(value)
-        except WouldBlock:
-            since = self.counters.enter_blocked()
             try:
-                await stream.send(value)
-            finally:
-                self.counters.leave_blocked(since)
+                stream.send_nowait(value)
+            except WouldBlock:
+                since = self.counters.enter_blocked()
+                try:
+                    await stream.send(value)
+                finally:
+                    self.counters.leave_blocked(since)
+        except BrokenResourceError:
+            await self.downstream_gone()
+            raise
+
+    async def downstream_gone(self) -> None:
+        """A hand-on found its stream's reader gone: the consumer closed its results.
+
+        Closing the results cancels the run (leaving early): the cancellation is
+        raised here, so that the hand-over error is never taken for the
+        processor's failure. Returns only if the run was not cancelled.
+        """
+        if self.run.stopped:
+            await checkpoint_if_cancelled()
 
     async def fail(self, item: Any, exc: Exception, weight: int = 1) -> None:
         """Route a failed item to the error job, or fail the run if there is none.

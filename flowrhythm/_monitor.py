@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from ._runtime import RunningFlow
+    from ._runtime import FlowResults, RunningFlow
     from ._stats import FlowStats, JobStats
 
 #: Seconds: the bottleneck line looks at what the jobs did over about this long.
@@ -392,7 +392,7 @@ def open_display(console: Console | None, plain: bool | None, title: str) -> Dis
 
 @contextlib.asynccontextmanager
 async def monitor(
-    running: RunningFlow,
+    running: RunningFlow | FlowResults,
     *,
     interval: float = 0.25,
     console: rich.console.Console | None = None,

@@ -21,15 +21,19 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
-from anyio import EndOfStream, WouldBlock
+from anyio import BrokenResourceError, EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._errors import LastWorkItem, StopProcessing
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
     from ._batch import Batcher
     from ._job import Job
     from ._ordered import Reorder
+    from ._stats import Counters
+    from ._timing import Timings
 
 #: Items a worker may take without waiting before it yields to the scheduler.
 YIELD_EVERY: Final = 64
@@ -125,6 +129,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
     finally:
         worker.waiting = False
         counters.leave_idle(since)
+    counters.received += 1  # counted the instant it leaves the queue
     if worker.leaving:
         worker.rescued = item
         return NOTHING
@@ -136,16 +141,15 @@ async def work(
 ) -> None:
     """Run one worker until its input ends, it is retired, or it fails.
 
-    ``item`` is a first item already taken from the input for this worker.
+    ``item`` is a first item already taken from the input (and counted as
+    received) for this worker. Every input is counted as received the instant it
+    leaves the queue.
     """
     counters = job.counters
     receive_nowait = job.receive.receive_nowait
     out = job.send
     send_nowait = out.send_nowait if out is not None else None
-    cancelled_exc = anyio.get_cancelled_exc_class()
-    last = LastWorkItem
     latency = counters.latency
-    budget = YIELD_EVERY
 
     if item is NOTHING:
         try:
@@ -155,11 +159,35 @@ async def work(
         except EndOfStream:
             job.input_ended = True
             return
+        else:
+            counters.received += 1
         if item is NOTHING:
             return
-    while True:
-        counters.received += 1
+    try:
+        await _work_loop(
+            job, worker, fn, is_gen, item, counters, receive_nowait, out, send_nowait, latency
+        )
+    except BrokenResourceError:
+        await job.downstream_gone()
+        raise
 
+
+async def _work_loop(
+    job: Job,
+    worker: Worker,
+    fn: Callable[[Any], Any],
+    is_gen: bool,
+    item: Any,
+    counters: Counters,
+    receive_nowait: Callable[[], Any],
+    out: MemoryObjectSendStream[Any] | None,
+    send_nowait: Callable[[Any], None] | None,
+    latency: Timings,
+) -> None:
+    cancelled_exc = anyio.get_cancelled_exc_class()
+    last = LastWorkItem
+    budget = YIELD_EVERY
+    while True:
         # -- process and forward ---------------------------------------------
         if is_gen:
             if counters.received & latency.mask:
@@ -218,6 +246,8 @@ async def work(
         except EndOfStream:
             job.input_ended = True
             return
+        else:
+            counters.received += 1
 
 
 async def work_general(
@@ -250,13 +280,9 @@ async def work_general(
                 item, seq = taken
             else:
                 item = taken
-        elif isinstance(item, Numbered):  # rescued, or a batch gathered by the doorman
+        elif isinstance(item, Numbered):  # rescued, or handed over by the doorman
             item, seq = item.item, item.seq
-        elif reorder is not None and not batched:  # handed over by the doorman
-            seq = reorder.take()
         weight = len(item) if batched else 1
-        if not batched:
-            counters.received += 1
 
         # -- process: outputs go downstream now, or park until their turn ---------------
         outputs: list[Any] | None = [] if reorder is not None else None
@@ -291,47 +317,61 @@ class Numbered:
 async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
 
-    Inputs are numbered in the order they leave the queue. Without waiting, a
-    worker takes one only if nobody is waiting for input and the window has
-    room. Otherwise it waits for room (blocked), then queues on the reorder lock
-    (idle); the holder waits for an input and numbers it before anyone else can
-    take one. A worker in here holds no item, so retiring it is safe throughout.
+    Inputs are numbered (and counted as received) the instant they leave the
+    queue. Without waiting, a worker takes one whenever the window has room and
+    no worker is inside a waiting ``receive`` (whose item may already be on its
+    way to it, not yet numbered). Otherwise it waits for room (blocked), then
+    queues on the reorder lock (idle): the holder takes an input without waiting
+    if one is there, or else waits for one, and numbers it. Quick takes never
+    queue behind the lock, only behind a worker really waiting for input. A
+    worker in here holds no item, so retiring it is safe throughout.
     """
     if worker.retiring:
         return NOTHING
-    if not reorder.lock.locked() and reorder.has_room():
+    receive = job.receive
+    counters = job.counters
+    if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
         try:
-            return job.receive.receive_nowait(), reorder.take()
+            item = receive.receive_nowait()
         except WouldBlock:
             pass
         except EndOfStream:
             job.input_ended = True
             return NOTHING
-    counters = job.counters
+        else:
+            counters.received += 1
+            return item, reorder.take()
+    lock = reorder.lock
     worker.waiting = True
     try:
         while True:
             await reorder.wait_for_room()  # blocked while the window is full
             since = counters.enter_idle()
             try:
-                await reorder.lock.acquire()  # idle: another worker waits for input
+                await lock.acquire()  # idle: another worker waits for input
             finally:
                 counters.leave_idle(since)
-            if reorder.has_room():
-                break
-            reorder.lock.release()  # the window filled up meanwhile
-        try:
-            since = counters.enter_idle()
             try:
-                item = await job.receive.receive()
+                if not reorder.has_room():
+                    continue  # the window filled up meanwhile
+                try:
+                    item = receive.receive_nowait()
+                except WouldBlock:
+                    reorder.receiving = True
+                    since = counters.enter_idle()
+                    try:
+                        item = await receive.receive()
+                    finally:
+                        reorder.receiving = False
+                        counters.leave_idle(since)
+                counters.received += 1
+                seq = reorder.take()
+                break
             except EndOfStream:
                 job.input_ended = True
                 return NOTHING
             finally:
-                counters.leave_idle(since)
-            seq = reorder.take()
-        finally:
-            reorder.lock.release()
+                lock.release()
     finally:
         worker.waiting = False
     if worker.leaving:
