@@ -431,9 +431,12 @@ class FlowResults:
                 pass
             except EndOfStream:
                 raise StopAsyncIteration from None
+            except ClosedResourceError:
+                await self._closed()
+                raise
         self._budget = YIELD_EVERY
         try:
-            return await self._receive.receive()  # a checkpoint, then the wait
+            return await self.receive()  # a checkpoint, then the wait
         except EndOfStream:
             raise StopAsyncIteration from None
 
@@ -442,9 +445,19 @@ class FlowResults:
 
         Raises:
             anyio.EndOfStream: the outputs have ended.
-            anyio.ClosedResourceError: the results were closed.
+            anyio.ClosedResourceError: the results were closed (inside the
+                run's block the cancellation of the run comes first).
         """
-        return await self._receive.receive()
+        try:
+            return await self._receive.receive()
+        except ClosedResourceError:
+            await self._closed()
+            raise
+
+    async def _closed(self) -> None:
+        """Read after closing: inside the run's block, the run's cancellation comes first."""
+        if self._run.stopped:
+            await checkpoint_if_cancelled()
 
     def _ended(self) -> bool:
         """Whether every output has been handed out (the last job has finished)."""
