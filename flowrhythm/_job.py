@@ -25,7 +25,7 @@ from ._ordered import Reorder
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
 from ._timing import RateWindow
-from ._worker import NOTHING, Numbered, Worker, work, work_general
+from ._worker import NOTHING, Numbered, Worker, work, work_general, work_ordered
 
 if TYPE_CHECKING:
     from ._flow import JobSpec
@@ -223,7 +223,12 @@ class Job:
                     lock=stage.lock,
                     interruptible=stage.executor is None or isinstance(stage.executor, Executor),
                 )
-                loop = work if self.batcher is None and self.reorder is None else work_general
+                if self.batcher is not None or (self.reorder is not None and is_gen):
+                    loop = work_general
+                elif self.reorder is not None:
+                    loop = work_ordered
+                else:
+                    loop = work
                 try:
                     while True:
                         with worker.scope:

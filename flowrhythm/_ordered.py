@@ -87,8 +87,11 @@ class Reorder:
         on: until then they are still in flight.
         """
         self.parked[seq] = (outputs, completed)
-        if self.draining:
-            return  # the worker draining the head will reach it
+        if not self.draining:  # else the worker draining the head will reach it
+            await self.drain(forward)
+
+    async def drain(self, forward: Callable[[Any], Awaitable[None]]) -> None:
+        """Forward the head and every parked input behind it that is now in order."""
         self.draining = True
         counters = self.counters
         try:
@@ -99,11 +102,12 @@ class Reorder:
                 counters.completed += done
                 counters.outputs_adjust += len(values) - done
                 self.head += 1
-                self._wake()
+                self.wake()
         finally:
             self.draining = False
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """The head moved on: let a worker waiting for room in the window go."""
         if self.space is not None:
             self.space.set()
             self.space = None

@@ -303,6 +303,122 @@ async def work_general(
             await checkpoint()
 
 
+async def work_ordered(
+    job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
+) -> None:
+    """The worker loop of an ordered job whose processor is a plain call.
+
+    The steps of :func:`work`, with a number per input: an input whose turn it is
+    when its call returns is handed on at once (the common case); one that
+    finished out of turn is parked in the reorder window. Generators and
+    batches run :func:`work_general`.
+    """
+    reorder = job.reorder
+    assert reorder is not None
+    try:
+        await _work_ordered(job, worker, fn, reorder, item)
+    except BrokenResourceError:
+        await job.downstream_gone()
+        raise
+
+
+async def _work_ordered(
+    job: Job, worker: Worker, fn: Callable[[Any], Any], reorder: Reorder, item: Any
+) -> None:
+    counters = job.counters
+    latency = counters.latency
+    receive_nowait = job.receive.receive_nowait
+    out = job.send
+    send_nowait = out.send_nowait if out is not None else None
+    parked = reorder.parked
+    cancelled_exc = anyio.get_cancelled_exc_class()
+    last = LastWorkItem
+    budget = YIELD_EVERY
+    seq = 0
+    if isinstance(item, Numbered):  # rescued, or handed over by the doorman
+        item, seq = item.item, item.seq
+
+    while True:
+        # -- take an input, numbered as it leaves the queue -----------------------------
+        if item is NOTHING:
+            if worker.retiring:
+                return  # asked to leave: this is the safe point after an item
+            if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
+                try:
+                    item = receive_nowait()
+                except WouldBlock:
+                    pass
+                except EndOfStream:
+                    job.input_ended = True
+                    return
+                else:
+                    counters.received += 1
+                    seq = reorder.next_seq
+                    reorder.next_seq = seq + 1
+            if item is NOTHING:
+                taken = await take_in_order(job, worker, reorder)
+                if taken is NOTHING:
+                    return
+                item, seq = taken
+                budget = YIELD_EVERY
+
+        # -- process ------------------------------------------------------------------
+        ok = True
+        try:
+            if counters.received & latency.mask:
+                result = await fn(item)
+            else:  # timed: see flowrhythm._timing.Timings
+                started = perf_counter()
+                result = await fn(item)
+                latency.add(perf_counter() - started)
+        except StopProcessing:
+            counters.skipped += 1
+            ok = False
+        except Exception as exc:  # noqa: BLE001 - every failure is routed
+            await job.fail(item, exc)
+            ok = False
+        except cancelled_exc as exc:
+            await _check_cancel(job, exc)
+            raise
+        item = NOTHING
+
+        # -- release in order: at once if this input is the head -----------------------
+        if ok and result.__class__ is last:
+            job.end_input()
+            outputs: list[Any] = []
+        elif ok:
+            outputs = [result]
+        else:
+            outputs = []
+        if seq != reorder.head or reorder.draining:
+            await reorder.release(seq, outputs, 1 if ok else 0, job.forward)
+        else:
+            if outputs and send_nowait is not None:
+                try:
+                    send_nowait(result)
+                except WouldBlock:
+                    reorder.draining = True  # workers finishing meanwhile park
+                    try:
+                        await job.forward(result)
+                    finally:
+                        reorder.draining = False
+                    budget = YIELD_EVERY
+            if ok:
+                counters.completed += 1
+                if not outputs:
+                    counters.outputs_adjust -= 1
+            reorder.head = seq + 1
+            reorder.wake()
+            if reorder.head in parked:
+                await reorder.drain(job.forward)
+
+        # -- stay fair -----------------------------------------------------------------
+        budget -= 1
+        if not budget:
+            budget = YIELD_EVERY
+            await checkpoint()
+
+
 @final
 class Numbered:
     """An input and its sequence number, kept together across a rescue."""
