@@ -71,7 +71,7 @@ class Job:
         self.receive = receive  # the job's input queue
         self.send = send
         self.errors = errors
-        self.counters = Counters(anyio.current_time)
+        self.counters = Counters(run.clock)
         self.scales = spec.capacity.scales
         self.workers: set[Worker] = set()
         self.retiring = 0  # live workers asked to leave
@@ -130,7 +130,7 @@ class Job:
         ``item``, if given, is an input already taken for the new worker.
         """
         assert self.task_group is not None
-        worker = Worker()
+        worker = Worker(retirable=self.scales)
         self.workers.add(worker)
         self.counters.add_workers(1)
         self._size_limiter()
@@ -231,8 +231,12 @@ class Job:
                     loop = work
                 try:
                     while True:
-                        with worker.scope:
+                        scope = worker.scope
+                        if scope is None:  # never retired: the job does not scale
                             await loop(self, worker, fn, is_gen, item)
+                        else:
+                            with scope:
+                                await loop(self, worker, fn, is_gen, item)
                         item, worker.rescued = worker.rescued, NOTHING
                         if item is NOTHING:
                             break
@@ -259,7 +263,8 @@ class Job:
         if self.finished:
             return
         self.finished = True
-        self.scaler_scope.cancel()
+        if self.scales:  # a scope never entered needs no cancel
+            self.scaler_scope.cancel()
         if self.send is not None:
             self.send.close()
         if self.errors is not None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import ErrorItem, LastWorkItem
@@ -54,8 +54,11 @@ class Run:
         self.stopped = False  # cancelled: stopped, failed or left early
         self.failure: Exception | None = None
         self.done = anyio.Event()  # every job drained
-        self.ended = anyio.Event()  # the run is over, however it ended
-        self.started_at = anyio.current_time()
+        self.over = False  # the run is over, however it ended
+        self._settled: anyio.Event | None = None  # made by join: done, or over
+        # The event loop's clock, looked up once for the run (and its jobs).
+        self.clock: Callable[[], float] = current_token().backend_class.current_time
+        self.started_at = self.clock()
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
         self.feed_scope = anyio.CancelScope()
@@ -115,13 +118,25 @@ class Run:
     def job_finished(self) -> None:
         self._unfinished -= 1
         if self._unfinished == 0:
-            self.ended_at = anyio.current_time()
+            self.ended_at = self.clock()
             self.done.set()
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._settled is not None:
+            self._settled.set()
+
+    async def settled(self) -> None:
+        """Wait until every job has drained, or the run is over however it ended."""
+        if not self.done.is_set() and not self.over:
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
 
     def scaled(self, job: Job, old: int, new: int, reason: str) -> None:
         """Record one scaling decision: a DEBUG log record, and the user's callback."""
         event = ScalingEvent(
-            job=job.name, time=anyio.current_time(), old=old, new=new, reason=reason
+            job=job.name, time=self.clock(), old=old, new=new, reason=reason
         )
         log_scaling(event)
         if self.on_scale is not None:
@@ -154,7 +169,7 @@ class Run:
     def ended_now(self) -> None:
         """The run is over: its stats stop ageing (they keep the time it ended)."""
         if self.ended_at is None:
-            self.ended_at = anyio.current_time()
+            self.ended_at = self.clock()
 
     async def feed(self, source: Iterable[Any] | AsyncIterable[Any]) -> None:
         """Take items from ``source`` only as fast as the first job accepts them.
@@ -231,7 +246,7 @@ class Run:
     # -- observing ---------------------------------------------------------------
 
     def snapshot(self) -> FlowStats:
-        end = self.ended_at if self.ended_at is not None else anyio.current_time()
+        end = self.ended_at if self.ended_at is not None else self.clock()
         last = self.jobs[-1].counters
         return FlowStats(
             jobs={job.name: job.snapshot() for job in self.all_jobs},
@@ -255,14 +270,15 @@ async def open_run(
     run = Run(specs, error_spec, results=results, on_scale=on_scale)
     try:
         async with anyio.create_task_group() as task_group:
-            run.start(task_group)
-            if source is not None:
+            if source is not None:  # first: the workers then find their first items waiting
                 task_group.start_soon(run.feed, source, name="flowrhythm source")
+            run.start(task_group)
             yield run
     finally:
         run.ended_now()
         run.close_streams()
-        run.ended.set()
+        run.over = True
+        run._settle()
     if run.failure is not None:
         raise ExceptionGroup("the flowrhythm run failed", [run.failure])
 
@@ -346,15 +362,7 @@ class RunningFlow:
         failure itself is raised where the run's ``async with`` block ends.
         """
         run = self._run
-        if not run.done.is_set() and not run.ended.is_set():
-            async with anyio.create_task_group() as task_group:
-
-                async def wait_and_stop(event: anyio.Event) -> None:
-                    await event.wait()
-                    task_group.cancel_scope.cancel()
-
-                task_group.start_soon(wait_and_stop, run.done)
-                task_group.start_soon(wait_and_stop, run.ended)
+        await run.settled()
         return run.snapshot()
 
     def stop(self) -> None:

@@ -54,8 +54,9 @@ class Worker:
 
     __slots__ = ("leaving", "rescued", "retiring", "scope", "waiting")
 
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
+    def __init__(self, *, retirable: bool = True) -> None:
+        # Only a worker of a scaling job can be retired, and so needs a scope.
+        self.scope: anyio.CancelScope | None = anyio.CancelScope() if retirable else None
         self.waiting = False  # in the idle wait for input: safe to cancel
         self.retiring = False
         self.leaving = False
@@ -71,6 +72,7 @@ class Worker:
         self.retiring = True
         if self.waiting:
             self.leaving = True
+            assert self.scope is not None, "a worker of a job that does not scale is retired"
             self.scope.cancel()
 
     def revive(self) -> bool:
