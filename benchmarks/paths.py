@@ -126,35 +126,34 @@ Call = Callable[[Any], Awaitable[Any]]
 
 async def stage(receive: Receive, send: Send | None, call: Call, out: list[int]) -> None:
     """One worker: receive, ``await call(item)``, hand on (or count, as the last job)."""
-    with receive:
-        with send if send is not None else contextlib.nullcontext():
-            budget = YIELD_EVERY
-            done = 0
-            while True:
+    with receive, send if send is not None else contextlib.nullcontext():
+        budget = YIELD_EVERY
+        done = 0
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except WouldBlock:
                 try:
-                    item = receive.receive_nowait()
-                except WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except EndOfStream:
-                        break
-                    budget = YIELD_EVERY
+                    item = await receive.receive()
                 except EndOfStream:
                     break
-                result = await call(item)
-                done += 1
-                if send is not None:
-                    try:
-                        send.send_nowait(result)
-                    except WouldBlock:
-                        await send.send(result)
-                        budget = YIELD_EVERY
-                        continue
-                budget -= 1
-                if not budget:
+                budget = YIELD_EVERY
+            except EndOfStream:
+                break
+            result = await call(item)
+            done += 1
+            if send is not None:
+                try:
+                    send.send_nowait(result)
+                except WouldBlock:
+                    await send.send(result)
                     budget = YIELD_EVERY
-                    await checkpoint()
-            out.append(done)
+                    continue
+            budget -= 1
+            if not budget:
+                budget = YIELD_EVERY
+                await checkpoint()
+        out.append(done)
 
 
 async def pipeline(

@@ -135,9 +135,7 @@ class Run:
 
     def scaled(self, job: Job, old: int, new: int, reason: str) -> None:
         """Record one scaling decision: a DEBUG log record, and the user's callback."""
-        event = ScalingEvent(
-            job=job.name, time=self.clock(), old=old, new=new, reason=reason
-        )
+        event = ScalingEvent(job=job.name, time=self.clock(), old=old, new=new, reason=reason)
         log_scaling(event)
         if self.on_scale is not None:
             self.on_scale(event)
