@@ -9,6 +9,7 @@ worker has left, which is how end of input travels down the flow in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, final
 
@@ -22,6 +23,7 @@ from ._batch import Batcher
 from ._errors import ErrorItem
 from ._options import Exhausted, RateLimit, wrap
 from ._ordered import Reorder
+from ._processors import ProcessorFactory
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
 from ._timing import RateWindow
@@ -212,40 +214,12 @@ class Job:
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
             stage = self.spec.stage
-            async with stage.open(self.limiter) as (fn, is_gen):
-                options = self.spec.options
-                fn = wrap(
-                    fn,
-                    is_gen,
-                    options,
-                    self.counters,
-                    limit=self.rate_limit,
-                    lock=stage.lock,
-                    interruptible=stage.executor is None or isinstance(stage.executor, Executor),
-                )
-                if self.batcher is not None or (self.reorder is not None and is_gen):
-                    loop = work_general
-                elif self.reorder is not None:
-                    loop = work_ordered
-                else:
-                    loop = work
-                try:
-                    while True:
-                        scope = worker.scope
-                        if scope is None:  # never retired: the job does not scale
-                            await loop(self, worker, fn, is_gen, item)
-                        else:
-                            with scope:
-                                await loop(self, worker, fn, is_gen, item)
-                        item, worker.rescued = worker.rescued, NOTHING
-                        if item is NOTHING:
-                            break
-                        # Retired in the very instant an item arrived for it: the
-                        # retirement loses, the item is processed here.
-                        worker.renew()
-                        self.retiring -= 1
-                finally:
-                    worker.leaving = True
+            if stage.executor is None and not isinstance(stage.processor, ProcessorFactory):
+                # A plain processor: nothing to open per worker.
+                await self._work(worker, stage.processor, stage.is_generator, item)
+            else:
+                async with stage.open(self.limiter) as (fn, is_gen):
+                    await self._work(worker, fn, is_gen, item)
         finally:
             self.workers.discard(worker)
             if worker.retiring:
@@ -257,6 +231,48 @@ class Job:
                     self.finish()
                 elif worker.retiring:
                     self._start_doorman()  # scaled down to zero: wait for input
+
+    async def _work(
+        self, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any
+    ) -> None:
+        """Run the worker's loop with the processor it opened, until it leaves."""
+        stage = self.spec.stage
+        fn = wrap(
+            fn,
+            is_gen,
+            self.spec.options,
+            self.counters,
+            limit=self.rate_limit,
+            lock=stage.lock,
+            interruptible=stage.executor is None or isinstance(stage.executor, Executor),
+        )
+        if self.batcher is not None or (self.reorder is not None and is_gen):
+            loop = work_general
+        elif self.reorder is not None:
+            loop = work_ordered
+        else:
+            loop = work
+        try:
+            while True:
+                scope = worker.scope
+                try:
+                    if scope is None:  # never retired: the job does not scale
+                        await loop(self, worker, fn, is_gen, item)
+                    else:
+                        with scope:
+                            await loop(self, worker, fn, is_gen, item)
+                except BrokenResourceError:  # a hand-on found its reader gone
+                    await self.downstream_gone()
+                    raise
+                item, worker.rescued = worker.rescued, NOTHING
+                if item is NOTHING:
+                    break
+                # Retired in the very instant an item arrived for it: the
+                # retirement loses, the item is processed here.
+                worker.renew()
+                self.retiring -= 1
+        finally:
+            worker.leaving = True
 
     def finish(self) -> None:
         """Input ended and drained, no worker left: end the job's output."""

@@ -21,19 +21,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
-from anyio import BrokenResourceError, EndOfStream, WouldBlock
+from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._errors import LastWorkItem, StopProcessing
 
 if TYPE_CHECKING:
-    from anyio.streams.memory import MemoryObjectSendStream
-
     from ._batch import Batcher
     from ._job import Job
     from ._ordered import Reorder
-    from ._stats import Counters
-    from ._timing import Timings
 
 #: Items a worker may take without waiting before it yields to the scheduler.
 YIELD_EVERY: Final = 64
@@ -151,7 +147,10 @@ async def work(
     receive_nowait = job.receive.receive_nowait
     out = job.send
     send_nowait = out.send_nowait if out is not None else None
+    cancelled_exc = anyio.get_cancelled_exc_class()
+    last = LastWorkItem
     latency = counters.latency
+    budget = YIELD_EVERY
 
     if item is NOTHING:
         try:
@@ -165,30 +164,6 @@ async def work(
             counters.received += 1
         if item is NOTHING:
             return
-    try:
-        await _work_loop(
-            job, worker, fn, is_gen, item, counters, receive_nowait, out, send_nowait, latency
-        )
-    except BrokenResourceError:
-        await job.downstream_gone()
-        raise
-
-
-async def _work_loop(
-    job: Job,
-    worker: Worker,
-    fn: Callable[[Any], Any],
-    is_gen: bool,
-    item: Any,
-    counters: Counters,
-    receive_nowait: Callable[[], Any],
-    out: MemoryObjectSendStream[Any] | None,
-    send_nowait: Callable[[Any], None] | None,
-    latency: Timings,
-) -> None:
-    cancelled_exc = anyio.get_cancelled_exc_class()
-    last = LastWorkItem
-    budget = YIELD_EVERY
     while True:
         # -- process and forward ---------------------------------------------
         if is_gen:
@@ -317,16 +292,6 @@ async def work_ordered(
     """
     reorder = job.reorder
     assert reorder is not None
-    try:
-        await _work_ordered(job, worker, fn, reorder, item)
-    except BrokenResourceError:
-        await job.downstream_gone()
-        raise
-
-
-async def _work_ordered(
-    job: Job, worker: Worker, fn: Callable[[Any], Any], reorder: Reorder, item: Any
-) -> None:
     counters = job.counters
     latency = counters.latency
     receive_nowait = job.receive.receive_nowait
