@@ -39,6 +39,7 @@ class Job:
     """The running instance of a :class:`JobSpec` (private)."""
 
     __slots__ = (
+        "_scaler_scope",
         "batcher",
         "counters",
         "doorman",
@@ -52,7 +53,6 @@ class Job:
         "reorder",
         "retiring",
         "run",
-        "scaler_scope",
         "scales",
         "send",
         "spec",
@@ -81,7 +81,7 @@ class Job:
         self.input_ended = False
         self.finished = False
         self.task_group: TaskGroup | None = None
-        self.scaler_scope = anyio.CancelScope()
+        self._scaler_scope: anyio.CancelScope | None = None  # made by the scaler
         self.rate = RateWindow(self.counters.clock())
         # Offloaded calls: one limiter per job, its size following the worker count.
         options = spec.options
@@ -107,6 +107,15 @@ class Job:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def scaler_scope(self) -> anyio.CancelScope:
+        """The scaler's cancel scope, cancelled when the job finishes (made on first use)."""
+        if self._scaler_scope is None:
+            self._scaler_scope = anyio.CancelScope()
+            if self.finished:
+                self._scaler_scope.cancel()
+        return self._scaler_scope
 
     # -- workers ----------------------------------------------------------------
 
@@ -279,8 +288,8 @@ class Job:
         if self.finished:
             return
         self.finished = True
-        if self.scales:  # a scope never entered needs no cancel
-            self.scaler_scope.cancel()
+        if self._scaler_scope is not None:  # a scope never made needs no cancel
+            self._scaler_scope.cancel()
         if self.send is not None:
             self.send.close()
         if self.errors is not None:

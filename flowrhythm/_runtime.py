@@ -61,7 +61,7 @@ class Run:
         self.started_at = self.clock()
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
-        self.feed_scope = anyio.CancelScope()
+        self.feed_scope: anyio.CancelScope | None = None  # made by feed()
 
         try:
             self._build(specs, error_spec, results)
@@ -145,7 +145,8 @@ class Run:
         if not self.input_closed:
             self.ended_by_flow = True
         self.close_input()
-        self.feed_scope.cancel()
+        if self.feed_scope is not None:
+            self.feed_scope.cancel()
 
     def close_input(self) -> None:
         self.input_closed = True
@@ -176,6 +177,9 @@ class Run:
         feed quietly; anything the source raises, ``ClosedResourceError``
         included, fails the run.
         """
+        self.feed_scope = anyio.CancelScope()
+        if self.input_closed:
+            return  # ended before the feed began
         with self.feed_scope:
             try:
                 if isinstance(source, AsyncIterable):
