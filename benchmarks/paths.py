@@ -992,8 +992,9 @@ def rows_of(results: list[Result], scale: float) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]], backends: list[str]) -> tuple[str, str]:
     """The plain-text table (every figure) and the Markdown summary (ratios per backend)."""
     cells: list[list[str]] = []
-    for row in rows:
-        if cells and cells[-1] and cells[-1][0] != row["label"] and row["backend"] == backends[0]:
+    order = {case.key: index for index, case in enumerate(CASES)}
+    for row in sorted(rows, key=lambda row: order[row["case"]]):  # each case's backends together
+        if cells and cells[-1] and cells[-1][0] != row["label"]:
             cells.append([])
         if "ratio" not in row:
             cells.append(
