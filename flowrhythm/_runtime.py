@@ -515,7 +515,8 @@ async def start_run(
         yield RunningFlow._create(run)
         # Left normally: end the input and wait for the drain.
         run.close_input()
-        await run.done.wait()
+        if not run.done.is_set():
+            await run.done.wait()
 
 
 @contextlib.asynccontextmanager
