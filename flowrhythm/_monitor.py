@@ -424,7 +424,8 @@ async def monitor(
     while drawing is not swallowed: it fails the block.
 
     Args:
-        running: the flow to watch (from :meth:`Flow.start`).
+        running: the flow to watch: a :class:`RunningFlow` (from :meth:`Flow.start`)
+            or the :class:`FlowResults` of :meth:`Flow.stream`.
         interval: seconds between two frames (or lines).
         console: a ``rich.console.Console`` to draw on.
         plain: ``None`` (the default) to choose by itself; ``True`` for plain

@@ -104,6 +104,9 @@ def record(
 ) -> contextlib.AbstractAsyncContextManager[Timeline]:
     """Sample ``running.stats()`` every ``interval`` seconds while the block runs.
 
+    ``running`` is a :class:`RunningFlow` (from :meth:`Flow.start`) or the
+    :class:`FlowResults` of :meth:`Flow.stream`.
+
     Example::
 
         async with flow.start() as running, record(running, interval=0.05) as timeline:
