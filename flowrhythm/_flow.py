@@ -14,7 +14,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, final
 
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
@@ -22,7 +21,7 @@ from ._monitor import monitor
 from ._offload import ExecutorSpec
 from ._options import Batch, JobOptions, Retry
 from ._processors import NO_LOCK, Stage, decorated, default_name
-from ._runtime import RunningFlow, open_run, start_run, stream_run
+from ._runtime import FlowResults, RunningFlow, open_run, start_run, stream_run
 from ._scaler import ScalingEvent
 from ._stats import FlowStats
 from ._validate import check_number, function_of
@@ -338,7 +337,7 @@ class Flow:
 
     def stream(
         self, source: Iterable[Any] | AsyncIterable[Any], *, on_scale: OnScale | None = None
-    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+    ) -> AbstractAsyncContextManager[FlowResults]:
         """Run the flow over ``source``, yielding the last job's outputs as they come.
 
         Example::
@@ -347,9 +346,11 @@ class Flow:
                 async for page in results:
                     print(page)
 
-        The results end when the last job's outputs end; leaving the block
-        normally then waits for the rest of the run (the error job included).
-        Leaving it early (a ``break``) cancels the run.
+        ``results`` is a :class:`FlowResults`: it also has ``stats()`` and
+        ``stop()``. The results end when the last job's outputs end; leaving the
+        block normally then waits for the rest of the run (the error job
+        included). Leaving it early (a ``break``), or closing the results before
+        they end, cancels the run.
         """
         self._check_runnable()
         _check_source(source)

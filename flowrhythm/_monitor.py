@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from ._runtime import RunningFlow
+    from ._runtime import FlowResults, RunningFlow
     from ._stats import FlowStats, JobStats
 
 #: Seconds: the bottleneck line looks at what the jobs did over about this long.
@@ -434,7 +434,7 @@ def open_display(console: Console | None, plain: bool | None, title: str) -> Dis
 
 @contextlib.asynccontextmanager
 async def monitor(
-    running: RunningFlow,
+    running: RunningFlow | FlowResults,
     *,
     interval: float | None = None,
     console: rich.console.Console | None = None,
@@ -469,7 +469,8 @@ async def monitor(
     while drawing is not swallowed: it fails the block.
 
     Args:
-        running: the flow to watch (from :meth:`Flow.start`).
+        running: the flow to watch: a :class:`RunningFlow` (from :meth:`Flow.start`)
+            or the :class:`FlowResults` of :meth:`Flow.stream`.
         interval: seconds between two frames (or lines); by default 0.25
             for the live view and 1 for plain lines.
         console: a ``rich.console.Console`` to draw on.
