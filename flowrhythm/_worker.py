@@ -298,6 +298,7 @@ async def work_ordered(
     out = job.send
     send_nowait = out.send_nowait if out is not None else None
     parked = reorder.parked
+    clock = counters.timer  # in step with the event loop's clock, virtual or real
     cancelled_exc = anyio.get_cancelled_exc_class()
     last = LastWorkItem
     budget = YIELD_EVERY
@@ -335,9 +336,9 @@ async def work_ordered(
             if counters.received & latency.mask:
                 result = await fn(item)
             else:  # timed: see flowrhythm._timing.Timings
-                started = perf_counter()
+                started = clock()
                 result = await fn(item)
-                latency.add(perf_counter() - started)
+                latency.add(clock() - started)
         except StopProcessing:
             counters.skipped += 1
             ok = False
