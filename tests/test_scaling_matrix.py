@@ -45,9 +45,11 @@ def run(backend: str, scenario: Callable[..., Any], *args: Any, **kwargs: Any) -
 
 
 def calls_for(seconds: float) -> int:
-    """Calls for 32 workers to run ``max(100 call durations, 2.5 s)``: long enough for the
-    ratio to be judged over many call durations and many scaler ticks."""
-    return 32 * math.ceil(max(100.0, 2.5 / seconds))
+    """Calls for 32 workers to run ``max(100 call durations, 2 s)``: long enough for the
+    ratio to be judged over many call durations and many scaler ticks (a job starts
+    with one worker and its scaler first decides after 0.1 s, which is 100 calls of
+    1 ms)."""
+    return 32 * math.ceil(max(100.0, 2.0 / seconds))
 
 
 # -- saturating sources --------------------------------------------------------------------
