@@ -8,6 +8,7 @@ another or at once.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, final
@@ -20,10 +21,11 @@ from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._monitor import monitor
 from ._offload import ExecutorSpec
 from ._options import Batch, JobOptions, Retry
-from ._processors import Stage, decorated, default_name
+from ._processors import NO_LOCK, Stage, decorated, default_name
 from ._runtime import RunningFlow, open_run, start_run, stream_run
 from ._scaler import ScalingEvent
 from ._stats import FlowStats
+from ._validate import function_of
 
 
 @final
@@ -51,8 +53,19 @@ OnScale = Callable[[ScalingEvent], object]
 
 
 def _check_callback(on_scale: object) -> None:
-    if on_scale is not None and not callable(on_scale):
+    """``on_scale`` is a plain function: it runs inside the scaler, which must not wait."""
+    if on_scale is None:
+        return
+    if not callable(on_scale):
         raise TypeError(f"on_scale must be callable, got {on_scale!r}")
+    function = function_of(on_scale)
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise TypeError(
+            f"on_scale must be a plain (non-async) function, got {on_scale!r}: it is called "
+            "in the scaler, which must never wait. To do async work per event, hand the "
+            "event with send_nowait to an unbounded memory object stream "
+            "(anyio.create_memory_object_stream(math.inf)) read by a task of your own"
+        )
 
 
 def _check_source(source: object) -> None:
@@ -142,7 +155,7 @@ class Flow:
             max_per_second=max_per_second,
             batch=batch,
         )
-        self._jobs.append(self._spec(processor, capacity, name, None, executor, options))
+        self._jobs.append(self._spec(processor, capacity, name, NO_LOCK, executor, options))
         return self
 
     #: The seed's name for :meth:`add`.
@@ -216,7 +229,7 @@ class Flow:
             max_per_second=max_per_second,
             batch=batch,
         )
-        self._error_job = self._spec(processor, capacity, name, None, executor, options)
+        self._error_job = self._spec(processor, capacity, name, NO_LOCK, executor, options)
         return self
 
     def _spec(
@@ -270,8 +283,9 @@ class Flow:
 
         Args:
             source: the items.
-            on_scale: called with a :class:`ScalingEvent` for every change of a
-                job's worker count (an exception from it fails the run).
+            on_scale: a plain (non-async) function, called with a
+                :class:`ScalingEvent` for every change of a job's worker count
+                (an exception from it fails the run).
             progress: show the run with :func:`monitor` (a live table in a
                 terminal, plain lines on standard error otherwise) and print
                 :meth:`FlowStats.report` when it ends.
@@ -282,7 +296,9 @@ class Flow:
         Raises:
             ExceptionGroup: a processor failed with no error job to take the item,
                 or the error job failed (the exception is inside the group).
-            TypeError: ``progress`` is not a bool.
+            TypeError: ``progress`` is not a bool, or ``on_scale`` is not a
+                plain function (an ``async def`` one is refused: it is called in
+                the scaler, which must not wait).
         """
         self._check_runnable()
         _check_source(source)

@@ -9,7 +9,6 @@ worker has left, which is how end of input travels down the flow in order.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
@@ -211,7 +210,7 @@ class Job:
                     self.counters,
                     limit=self.rate_limit,
                     lock=stage.lock,
-                    interruptible=stage.executor is None or isinstance(stage.executor, Executor),
+                    interruptible=stage.executor is None,
                 )
                 loop = work if options.batch is None and not options.ordered else work_general
                 try:

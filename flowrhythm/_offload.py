@@ -9,8 +9,10 @@ cap on a job that scaled past them.
 
 For a :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, a Dask
 ``Client.get_executor()``...) no thread is held per call: the future's
-completion is bridged back to the event loop with anyio's from-thread tools,
-and cancelling the call cancels the future if it has not started.
+completion is bridged back to the event loop with anyio's from-thread tools.
+Cancelling the call cancels the future if it has not started; a call already
+running cannot be cut short, so it is waited for (as anyio waits for a thread):
+no call outlives its run.
 """
 
 from __future__ import annotations
@@ -139,20 +141,20 @@ def offloaded(
 async def wait_future(future: Future[Any]) -> Any:
     """Await a :class:`concurrent.futures.Future` without holding a thread.
 
-    On cancellation the future is cancelled if it has not started; a call
-    already running is abandoned (its result is dropped when it arrives).
+    On cancellation the future is cancelled if it has not started. A call
+    already running cannot be cut short: it is waited for, shielded, and its
+    result dropped, so that no call outlives the worker that made it (and the
+    job's worker count keeps bounding the calls in flight) — as anyio does for
+    a thread.
     """
     if not future.done():
         done = anyio.Event()
         token = anyio.lowlevel.current_token()
         loop_thread = threading.get_ident()
-        abandoned = False
 
         def wake(_: Future[Any]) -> None:
-            if abandoned:
-                return  # nobody waits any more: never block the executor's thread
             if threading.get_ident() == loop_thread:
-                done.set()  # completed before the callback was added: we are in the loop
+                done.set()  # completed (or cancelled) in the loop's own thread
                 return
             # If the event loop has finished meanwhile, nobody waits for the result.
             with contextlib.suppress(Exception):
@@ -162,7 +164,8 @@ async def wait_future(future: Future[Any]) -> Any:
         try:
             await done.wait()
         except BaseException:
-            abandoned = True
-            future.cancel()
+            if not future.cancel():  # running: wait until it has finished
+                with anyio.CancelScope(shield=True):
+                    await done.wait()
             raise
     return future.result()

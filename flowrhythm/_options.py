@@ -2,12 +2,15 @@
 
 ``Retry`` and ``Batch`` are public values; :class:`JobOptions` gathers every
 option of one job. :func:`wrap` builds the processor a worker actually calls,
-from the inside out::
+from the outside in::
 
-    retry( rate limit -> timeout -> processor )
+    retry -> rate limit -> resource manager -> timeout -> call
 
-so every attempt is one call start for the rate limit, waiting for a rate-limit
-slot does not count against the timeout, and a timed-out call can be retried.
+so every attempt takes its own rate-limit slot and enters the resource manager
+(of ``add_job_with_lock``) again; waiting for either is *blocked* time and does
+not count against the timeout; a timed-out call can be retried; and the
+back-off between attempts is blocked time too, holding neither the slot nor the
+resource manager.
 ``ordered`` and ``batch`` change how items move rather than how one call runs;
 they live in :mod:`flowrhythm._ordered` and :mod:`flowrhythm._batch`.
 """
@@ -70,8 +73,15 @@ class Retry:
     )
 
     def wait(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (0 for the first)."""
-        delay = min(self.backoff * 2.0**retry, self.max_backoff)
+        """Seconds to wait before retry number ``retry`` (0 for the first).
+
+        The doubling stops at ``max_backoff``: ``2.0 ** retry`` alone would
+        overflow past the 1,024th retry.
+        """
+        try:
+            delay = min(math.ldexp(self.backoff, retry), self.max_backoff)  # backoff * 2**retry
+        except OverflowError:
+            delay = self.max_backoff
         if self.jitter:
             delay = min(delay * random.uniform(0.75, 1.25), self.max_backoff)
         return delay
@@ -132,6 +142,10 @@ class JobOptions:
             timeout = check_number("timeout", timeout, low=0.0, low_open=True)
         if max_per_second is not None:
             max_per_second = check_number("max_per_second", max_per_second, low=0.0, low_open=True)
+            if math.isinf(1.0 / max_per_second):
+                raise ValueError(
+                    f"max_per_second is too small to space calls, got {max_per_second!r}"
+                )
         return cls(
             ordered=ordered,
             retry=retry,
@@ -227,18 +241,108 @@ def wrap(
         retry -> rate limit -> resource manager -> timeout -> processor
 
     ``limit`` is the job's rate limit in this run, shared by all its workers;
-    ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either
-    counts as blocked and not against the timeout. ``interruptible`` is false
-    for calls running in threads or processes, which cannot be cancelled: their
-    timeout is checked when they return.
+    ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either,
+    and a retry's back-off, count as blocked, and not against the timeout.
+    ``interruptible`` is false for calls running in threads, processes or an
+    executor, which cannot be cut short: their timeout is checked when they
+    return, and a call that returned late is not retried (it ran to completion).
+
+    Only the layers a job uses are built: a job without options gets its
+    processor itself, and ``retry=`` alone adds one frame around the call.
+    Everything that happens once per *attempt* is built by :func:`_attempt`.
     """
+    retry = options.retry
     if lock is not None:
         lock = Accounted(lock, counters)
-    if not options.wraps_calls and lock is None:
-        return fn
     if is_gen:
+        if not options.wraps_calls and lock is None:
+            return fn
         return _wrap_gen(fn, options, counters, limit, lock)
-    return _wrap_call(fn, options, counters, limit, lock, interruptible)
+    attempt = _attempt(fn, options.timeout, limit, lock, interruptible, retry is not None)
+    if retry is None:
+        return attempt
+    return _retrying(attempt, retry, counters)
+
+
+@final
+class _Late(Exception):
+    """Inside a retried job: a call that could not be cut short returned after its timeout.
+
+    It ran to completion, so it must not run again; :func:`_retrying` turns it
+    into its :class:`TimeoutError` without retrying.
+    """
+
+    def __init__(self, error: TimeoutError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _late_error(elapsed: float, timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"the call took {elapsed:.3g}s, longer than its timeout of {timeout:g}s; it ran in a "
+        "thread, process or executor, where it could not be cut short, so it ran to completion: "
+        "its result is discarded and it is not retried"
+    )
+
+
+def _attempt(
+    fn: Callable[[Any], Any],
+    timeout: float | None,
+    limit: RateLimit | None,
+    lock: AbstractAsyncContextManager[Any] | None,
+    interruptible: bool,
+    retried: bool,
+) -> Callable[[Any], Any]:
+    """One attempt of a call: rate limit -> resource manager -> timeout -> processor.
+
+    This is the one place where an attempt runs: a layer that acts once per
+    attempt goes here, between the rate limit and the call.
+    """
+    call = fn
+    if timeout is not None:
+        if interruptible:
+
+            async def call(item: Any) -> Any:
+                with anyio.fail_after(timeout) as scope:
+                    result = await fn(item)
+                if scope.cancel_called:  # ran past the deadline without a checkpoint after it
+                    raise TimeoutError(f"the call took longer than {timeout:g}s")
+                return result
+
+        else:
+
+            async def call(item: Any) -> Any:
+                started = anyio.current_time()
+                result = await fn(item)
+                elapsed = anyio.current_time() - started
+                if elapsed > timeout:
+                    error = _late_error(elapsed, timeout)
+                    raise _Late(error) if retried else error
+                return result
+
+    if limit is None and lock is None:
+        return call
+    timed = call
+
+    async def attempt(item: Any) -> Any:
+        if limit is not None:
+            await limit.acquire()
+        if lock is None:
+            return await timed(item)
+        async with lock:
+            return await timed(item)
+
+    return attempt
+
+
+async def _back_off(retry: Retry, attempt: int, counters: Counters) -> None:
+    """Wait before the next attempt, counted as blocked: more workers cannot help."""
+    since = counters.enter_blocked()
+    try:
+        await anyio.sleep(retry.wait(attempt - 1))
+    finally:
+        counters.leave_blocked(since)
+    counters.retried += 1
 
 
 def _final(exc: Exception, attempt: int) -> Exception:
@@ -248,57 +352,26 @@ def _final(exc: Exception, attempt: int) -> Exception:
     return Exhausted(exc, attempt)
 
 
-def _wrap_call(
-    fn: Callable[[Any], Any],
-    options: JobOptions,
-    counters: Counters,
-    limit: RateLimit | None,
-    lock: AbstractAsyncContextManager[Any] | None,
-    interruptible: bool,
+def _retrying(
+    attempt: Callable[[Any], Any], retry: Retry, counters: Counters
 ) -> Callable[[Any], Any]:
-    timeout = options.timeout
-    retry = options.retry
-
-    async def timed(item: Any) -> Any:
-        if timeout is None:
-            return await fn(item)
-        if not interruptible:
-            started = anyio.current_time()
-            result = await fn(item)
-            if anyio.current_time() - started > timeout:
-                raise TimeoutError(f"the call took longer than {timeout:g}s")
-            return result
-        with anyio.fail_after(timeout) as scope:
-            result = await fn(item)
-        if scope.cancel_called:  # ran past the deadline without a checkpoint after it
-            raise TimeoutError(f"the call took longer than {timeout:g}s")
-        return result
-
-    async def once(item: Any) -> Any:
-        if limit is not None:
-            await limit.acquire()
-        if lock is None:
-            return await timed(item)
-        async with lock:
-            return await timed(item)
-
-    if retry is None:
-        return once
+    attempts = retry.attempts
 
     async def retried(item: Any) -> Any:
-        attempt = 1
+        n = 1
         while True:
             try:
-                return await once(item)
+                return await attempt(item)
+            except _Late as late:
+                raise _final(late.error, n) from None
             except Exception as exc:
-                if attempt >= retry.attempts or not retry.retries(exc):
-                    final = _final(exc, attempt)
+                if n >= attempts or not retry.retries(exc):
+                    final = _final(exc, n)
                     if final is exc:
                         raise
                     raise final from exc
-            await anyio.sleep(retry.wait(attempt - 1))
-            counters.retried += 1
-            attempt += 1
+            await _back_off(retry, n, counters)
+            n += 1
 
     return retried
 
@@ -313,12 +386,6 @@ def _wrap_gen(
     timeout = options.timeout
     retry = options.retry
 
-    async def step(agen: Any) -> Any:
-        if timeout is None:
-            return await agen.__anext__()
-        with anyio.fail_after(timeout):
-            return await agen.__anext__()
-
     async def generate(item: Any) -> AsyncIterator[Any]:
         attempt = 1
         while True:
@@ -327,7 +394,11 @@ def _wrap_gen(
             # the resource manager is held for the whole generator
             async with lock or contextlib.nullcontext(), contextlib.aclosing(fn(item)) as agen:
                 try:
-                    first = await step(agen)
+                    if timeout is None:
+                        first = await agen.__anext__()
+                    else:
+                        with anyio.fail_after(timeout):
+                            first = await agen.__anext__()
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
@@ -339,9 +410,17 @@ def _wrap_gen(
                 else:
                     # past the first yield: never retried, never duplicated
                     yield first
+                    if timeout is None and attempt == 1:  # nothing to add: pass values on
+                        async for value in agen:
+                            yield value
+                        return
                     while True:
                         try:
-                            value = await step(agen)
+                            if timeout is None:
+                                value = await agen.__anext__()
+                            else:
+                                with anyio.fail_after(timeout):
+                                    value = await agen.__anext__()
                         except StopAsyncIteration:
                             return
                         except Exception as exc:
@@ -351,8 +430,7 @@ def _wrap_gen(
                             raise final from exc
                         yield value
             assert retry is not None
-            await anyio.sleep(retry.wait(attempt - 1))
-            counters.retried += 1
+            await _back_off(retry, attempt, counters)
             attempt += 1
 
     return generate

@@ -615,7 +615,7 @@ async def test_jitter_spreads_waits_within_a_quarter_and_under_the_cap(
     assert len(set(waits)) > 1  # not in step
 
 
-async def test_backoff_counts_as_active_and_stop_cancels_it_promptly() -> None:
+async def test_backoff_counts_as_blocked_and_stop_cancels_it_promptly() -> None:
     called = anyio.Event()
     errors = ErrorLog()
 
@@ -631,7 +631,7 @@ async def test_backoff_counts_as_active_and_stop_cancels_it_promptly() -> None:
             await called.wait()
             await anyio.wait_all_tasks_blocked()
             job = running.stats().jobs["failing"]
-            assert (job.active, job.idle, job.blocked) == (1, 0, 0)
+            assert (job.active, job.idle, job.blocked) == (0, 0, 1)  # more workers cannot help
             running.stop()
     job = running.stats().jobs["failing"]
     assert (job.received, job.retried, job.in_flight) == (1, 0, 1)
