@@ -266,6 +266,8 @@ class UtilizationStrategy:
       less than ``blocked_limit`` of the time is blocked, the next job is
       neither backed up (its queue half full) nor saturated (all its workers
       busy at its ``max_workers``), and retries are not a quarter of the calls.
+      A next job at its maximum bounds a step to what it can take at its upper
+      threshold (from its busy share and this job's output rate).
       The target is ``demand / target + backlog / drain_time`` workers (Little's
       law: demand is the larger of the busy workers and arrival rate * service
       time; the backlog is drained within ``drain_time`` call durations), with
@@ -339,9 +341,6 @@ class UtilizationStrategy:
         self._shrinking = False
         # Evidence: recent ticks, call durations, the current worker count's record.
         self._ticks: deque[_Tick] = deque(maxlen=KEEP_TICKS)
-        self._calls = 0
-        self._call_sum = 0.0
-        self._call_squares = 0.0
         # Call durations in logarithms: (calls, sum, sum of squares) of the first
         # calls (the reference), and per tick over the recent ones.
         self._reference = _Logs()
@@ -362,9 +361,6 @@ class UtilizationStrategy:
         self._ticks.append(_Tick(sample))
         if not sample.calls:
             return
-        self._calls += sample.calls
-        self._call_sum += sample.call_seconds
-        self._call_squares += sample.call_squares
         tick = _Logs(sample.calls, sample.call_logs, sample.call_log_squares)
         tick.seconds = sample.call_seconds
         if sample.first_calls >= REFERENCE_CALLS and self._reference.n < REFERENCE_CALLS:
@@ -402,14 +398,6 @@ class UtilizationStrategy:
         if measured is None:
             return (age if age > 0 else None), 0
         return max(measured, age), ended
-
-    def _cv(self) -> float:
-        """The coefficient of variation of all call durations seen (0 with too few)."""
-        if self._calls < 2 or self._call_sum <= 0:
-            return 0.0
-        mean = self._call_sum / self._calls
-        variance = max(self._call_squares / self._calls - mean * mean, 0.0)
-        return math.sqrt(variance) / mean
 
     def _suspicion(self) -> tuple[float, float]:
         """Do recent calls take longer than the first ones did, with confidence?
@@ -497,15 +485,25 @@ class UtilizationStrategy:
             and sample.downstream_length > 0
             and sample.downstream_depth * 2 >= sample.downstream_length
         )
-        downstream_saturated = (
-            sample.downstream_workers is not None
+        # The next job at its maximum: its busy share says how much more it can take.
+        downstream_busy = (
+            sample.downstream_busy
+            if sample.downstream_workers is not None
             and sample.downstream_max_workers is not None
-            and sample.downstream_busy is not None
             and sample.downstream_workers >= sample.downstream_max_workers
-            and sample.downstream_busy > upper
+            else None
         )
-        retried = sum(t.retried for t in self._ticks if sample.time - t.time < 4 * settle)
-        ended = sum(t.ended for t in self._ticks if sample.time - t.time < 4 * settle)
+        downstream_saturated = downstream_busy is not None and downstream_busy > upper
+        # The recent past, four service times of it: retries, and the arrival rate.
+        retried = ended = arrivals = 0
+        seconds = 0.0
+        for tick in reversed(self._ticks):
+            if sample.time - tick.time >= 4 * settle:
+                break
+            retried += tick.retried
+            ended += tick.ended
+            arrivals += tick.arrivals
+            seconds += tick.interval
         failing = retried > 0 and retried * 4 >= retried + ended
         if saturated and not downstream_full and not downstream_saturated and not failing:
             self._low_since = None
@@ -514,12 +512,18 @@ class UtilizationStrategy:
             if self._cap is not None and workers >= self._cap:
                 return workers
             per_call = service if service is not None else sample.interval
-            seconds = sum(t.interval for t in self._ticks if sample.time - t.time < 4 * settle)
-            arrivals = sum(t.arrivals for t in self._ticks if sample.time - t.time < 4 * settle)
             rate = arrivals / seconds if seconds > 0 else 0.0
             demand = max(busy, rate * per_call)
             wanted = math.ceil(demand / target + sample.queue_depth / self.drain_time)
             ceiling = sample.max_workers
+            if downstream_busy is not None:
+                if downstream_busy > 0 and sample.completed:
+                    # What the next job takes at its upper threshold, by Little's law
+                    # in workers of this job.
+                    room = sample.throughput * upper / downstream_busy
+                    ceiling = min(ceiling, max(math.ceil(room * per_call / target), workers))
+                else:
+                    evidence = 0  # nothing reached it yet: no word on its capacity
             if evidence < STRAIGHT_CALLS:
                 ceiling = min(ceiling, max(2 * workers, workers + 3))
             if self._cap is not None:

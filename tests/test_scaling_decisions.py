@@ -10,14 +10,20 @@ numbers are exact.
 The rules of :class:`UtilizationStrategy` checked here, with ``w`` workers:
 
 * target utilization = ``lower + (upper - lower) * 2 / 3``;
+* the service time is the mean duration of the last 32 timed calls (active time per
+  completed item when none is timed), at least the mean age of the calls running;
 * grow when utilization > upper, input is waiting (closed input or not), less than
-  5% of the time is blocked and the downstream queue is less than half full, to
-  ``ceil(demand / target + queue_depth * service / drain_time)``, at most
-  ``max(2w, w + 4)`` per step (``w + max(1, w // 4)`` for a probe);
-* after a step up, hold until the step is judged: an effective step (at least half
-  the expected gain) lets growth go on, diminishing returns (10% to 50%) keep the
-  workers but cap growth, an ineffective step (under 10%) goes back; both cap the
-  job for ``probe_after * 2**failures`` seconds, then probe;
+  5% of the time is blocked, the downstream queue is less than half full, the next
+  job is not saturated and retries are under a quarter of the calls, to
+  ``ceil(demand / target + queue_depth / drain_time)`` (drain_time in call
+  durations), straight there with 8 completed calls behind the estimate, at most
+  ``max(2w, w + 3)`` per step before;
+* hidden limits: once the count has settled (a service time, and as many calls
+  ended as were running), recent calls taking 1.5x as long as the job's first calls
+  (with confidence) set off a probe down to 1.25x the concurrency they suggest; a
+  probe that keeps the throughput (by Little's law, with confidence) confirms the
+  limit and descends by quarters; one that loses it goes back; a capped job tries
+  +25% after ``probe_after`` service times, doubling while it fails;
 * shrink once the smoothed utilization has been below ``lower`` for the cooldown,
   by at most a quarter per tick, never below the highest recommendation
   (``smoothed busy / target``) of the last cooldown, and on while the smoothed
@@ -324,6 +330,32 @@ def test_growth_conditions(changes: dict[str, Any], grows: bool) -> None:
     decision = count(UtilizationStrategy().decide(s))
     assert (decision > s.workers) is grows
     assert decision >= s.workers  # none of these samples is a reason to shrink
+
+
+@pytest.mark.parametrize(
+    ("downstream_busy", "expected"),
+    [
+        # BASE ends 512 items/s of 1/64 s. A next job at its maximum, 40% busy, takes
+        # 512 * 0.625 / 0.4 = 800/s at its upper threshold: 800 / 64 / 0.5 = 25 workers.
+        pytest.param(0.4, 25, id="room-for-25"),
+        pytest.param(0.2, 50, id="room-for-50"),
+        # Busy past its upper threshold: saturated, no growth at all.
+        pytest.param(0.7, 10, id="saturated"),
+        # Nothing reached it yet: no word on its capacity, so a cautious step.
+        pytest.param(0.0, 20, id="no-word-yet"),
+    ],
+)
+def test_a_next_job_at_its_maximum_bounds_the_step(downstream_busy: float, expected: int) -> None:
+    s = sample(
+        **{
+            **BASE,
+            "queue_depth": FLOOD,
+            "downstream_workers": 4,
+            "downstream_max_workers": 4,
+            "downstream_busy": downstream_busy,
+        }
+    )
+    assert count(UtilizationStrategy().decide(s)) == expected
 
 
 def test_blocked_job_never_grows_over_many_ticks() -> None:

@@ -172,6 +172,6 @@ def test_a_chain_of_three_jobs_keeps_up_with_fixed_pools(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_calls_that_fail_and_back_off_do_not_grow_the_job(backend: str) -> None:
     # Every call fails at once and waits in a retry's back-off: waiting is not work.
-    auto = run(backend, backing_off, AUTO, 200)
+    auto = run(backend, backing_off, AUTO, 64)
     assert auto.peak == 1
-    assert len(auto.ends) == 200
+    assert len(auto.ends) == 64
