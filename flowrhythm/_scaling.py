@@ -268,10 +268,12 @@ class UtilizationStrategy:
       busy at its ``max_workers``), and retries are not a quarter of the calls.
       A next job at its maximum bounds a step to what it can take at its upper
       threshold (from its busy share and this job's output rate).
-      The target is ``demand / target + backlog / drain_time`` workers (Little's
-      law: demand is the larger of the busy workers and arrival rate * service
-      time; the backlog is drained within ``drain_time`` call durations), with
-      ``target`` two thirds of the way up the band. With fewer than
+      The target is the larger of ``demand / target`` and ``backlog /
+      drain_time`` workers (Little's law: demand is arrival rate * service
+      time, or the busy workers if more while the input queue is at least half
+      full and so holds the source back; the backlog is drained within
+      ``drain_time`` call durations), with ``target`` two thirds of the way up
+      the band. With fewer than
       :data:`STRAIGHT_CALLS` completed calls behind the estimate a step is at
       most ``max(2 * workers, workers + 3)``; with that many it goes straight
       to the target.
@@ -497,13 +499,16 @@ class UtilizationStrategy:
         # The recent past, four service times of it: retries, and the arrival rate.
         retried = ended = arrivals = 0
         seconds = 0.0
-        for tick in reversed(self._ticks):
+        recent_arrivals, recent_seconds = 0, 0.0  # over the last four ticks
+        for i, tick in enumerate(reversed(self._ticks)):
             if sample.time - tick.time >= 4 * settle:
                 break
             retried += tick.retried
             ended += tick.ended
             arrivals += tick.arrivals
             seconds += tick.interval
+            if i < 4:
+                recent_arrivals, recent_seconds = arrivals, seconds
         failing = retried > 0 and retried * 4 >= retried + ended
         if saturated and not downstream_full and not downstream_saturated and not failing:
             self._low_since = None
@@ -512,9 +517,21 @@ class UtilizationStrategy:
             if self._cap is not None and workers >= self._cap:
                 return workers
             per_call = service if service is not None else sample.interval
-            rate = arrivals / seconds if seconds > 0 else 0.0
-            demand = max(busy, rate * per_call)
-            wanted = math.ceil(demand / target + sample.queue_depth / self.drain_time)
+            # Arrivals over the recent past, or over the last four ticks if more: a
+            # rise in load shows within a few ticks, whatever a call takes.
+            rate = max(
+                arrivals / seconds if seconds > 0 else 0.0,
+                recent_arrivals / recent_seconds if recent_seconds > 0 else 0.0,
+            )
+            # Arrivals tell the demand, unless the input queue is backed up (at
+            # least half full): then the source is held back, and the busy
+            # workers are the least the demand can be.
+            backed_up = sample.queue_depth * 2 >= sample.queue_length
+            demand = max(busy, rate * per_call) if backed_up else rate * per_call
+            # Enough for the demand at the target utilization, or enough to drain the
+            # backlog within drain_time calls, whichever is more: while a backlog
+            # drains, the headroom above the target carries the arrivals.
+            wanted = math.ceil(max(demand / target, sample.queue_depth / self.drain_time))
             ceiling = sample.max_workers
             if downstream_busy is not None:
                 if downstream_busy > 0 and sample.completed:

@@ -200,7 +200,7 @@ def test_utilization_capacity_defaults() -> None:
 # Ten workers over a tick of 0.25 s, 80% busy (busy = 8), 128 items done: the service
 # time is 2.0 s / 128 = 1/64 s. With 128 arrivals (512/s) demand by Little's law is
 # 512 * 1/64 = 8 workers, which at the target utilization of 0.5 is 16 workers; the
-# 16 waiting drain within 4 call durations with 16 / 4 = 4 more: 20.
+# 16 waiting would drain within 4 call durations with 16 / 4 = 4: the larger, 16.
 BASE: dict[str, Any] = {
     "workers": 10,
     "interval": 0.25,
@@ -213,38 +213,40 @@ BASE: dict[str, Any] = {
 @pytest.mark.parametrize(
     ("changes", "capacity", "options", "expected"),
     [
-        pytest.param({"queue_depth": 16}, {}, {}, 20, id="littles-law"),
-        # 144 arrivals = 576/s: demand 9 > busy 8, so 9 / 0.5 + 4 = 22.
-        pytest.param({"queue_depth": 16, "arrivals": 144}, {}, {}, 22, id="arrivals-dominate"),
-        # Fewer arrivals than completions: the busy workers are the demand.
-        pytest.param({"queue_depth": 16, "arrivals": 64}, {}, {}, 20, id="busy-dominates"),
-        # The backlog term is workers as it is, not divided by the target: 16 + 48 / 4.
-        pytest.param({"queue_depth": 48}, {}, {}, 28, id="backlog-in-workers"),
-        # Draining within 2 call durations doubles the backlog term: 16 + 24.
-        pytest.param({"queue_depth": 48}, {}, {"drain_time": 2}, 40, id="drain-time"),
-        # Band [0.3, 0.75]: target 0.3 + 0.45 * 2/3 = 0.6, 8 / 0.6 + 4 = 17.3 -> 18.
+        pytest.param({"queue_depth": 16}, {}, {}, 16, id="littles-law"),
+        # 144 arrivals = 576/s: demand 9, so 9 / 0.5 = 18.
+        pytest.param({"queue_depth": 16, "arrivals": 144}, {}, {}, 18, id="arrivals-dominate"),
+        # Fewer arrivals than completions, but the queue (100) is half full: the
+        # source is held back, and the 8 busy workers are the demand: 16.
+        pytest.param({"queue_depth": 50, "arrivals": 64}, {}, {}, 16, id="busy-when-backed-up"),
+        # A backlog of 80 drains within 4 call durations with 20 workers: more than 16.
+        pytest.param({"queue_depth": 80}, {}, {}, 20, id="backlog-dominates"),
+        # Draining within 2 call durations doubles the backlog term: 48 / 2 = 24.
+        pytest.param({"queue_depth": 48}, {}, {"drain_time": 2}, 24, id="drain-time"),
+        # Band [0.3, 0.75]: target 0.3 + 0.45 * 2/3 = 0.6, 8 / 0.6 = 13.3 -> 14.
         pytest.param(
             {"queue_depth": 16},
             {"lower_threshold": 0.3, "upper_threshold": 0.75},
             {},
-            18,
+            14,
             id="target-two-thirds-up-the-band",
         ),
-        # The default band [0.4, 0.8]: 8.25 busy (82.5%, 132 items: 1/64 s each) at
-        # the target 2/3: 8.25 * 3/2 + 4 = 16.375 -> 17.
+        # The default band [0.4, 0.8]: 8.25 busy (82.5%, 132 items: 1/64 s each), a
+        # demand of 8 at the target 2/3: 12.
         pytest.param(
             {"busy": 8.25, "completed": 132, "queue_depth": 16},
             {"lower_threshold": 0.4, "upper_threshold": 0.8},
             {},
-            17,
+            12,
             id="default-band",
         ),
         # Items waiting in a closed input still count.
-        pytest.param({"queue_depth": 16, "input_closed": True}, {}, {}, 20, id="input-closed"),
+        pytest.param({"queue_depth": 16, "input_closed": True}, {}, {}, 16, id="input-closed"),
         # Nothing finished and nothing timed yet: one tick stands in for the call.
-        # busy 2: 2 / 0.5 + 1 / 4 = 4.25 -> 5, within the step cap max(4, 2 + 3).
+        # 8 arrivals in 0.25 s of 0.25 s calls: demand 8, 16 wanted, within the step
+        # cap max(4, 2 + 3) = 5.
         pytest.param(
-            {"workers": 2, "busy": 2.0, "completed": 0, "arrivals": 0, "queue_depth": 1},
+            {"workers": 2, "busy": 2.0, "completed": 0, "arrivals": 8, "queue_depth": 1},
             {},
             {},
             5,
@@ -323,6 +325,9 @@ SATURATED_DOWNSTREAM = {
         pytest.param({"busy": 6.25}, False, id="at-upper-threshold"),
         pytest.param({"busy": 6.5}, True, id="above-upper-threshold"),
         pytest.param({"busy": 5.0}, False, id="in-band"),
+        # Arrivals below what the workers do, and the queue not backed up: busy as
+        # they are, the demand is what arrives (256/s: 4 busy, 8 wanted), no more.
+        pytest.param({"arrivals": 64}, False, id="arrivals-below-capacity"),
     ],
 )
 def test_growth_conditions(changes: dict[str, Any], grows: bool) -> None:
@@ -948,9 +953,9 @@ def test_capacity_rejects_a_strategy_that_is_not_callable() -> None:
 def test_plain_capacity_uses_default_knobs() -> None:
     # A Capacity without scaling knobs is judged with UtilizationCapacity's defaults:
     # upper threshold 0.8 (8 busy of 10 is at it, not above: no growth), target 2/3
-    # (as the "default-band" case above: 17, where knobs() would give 20).
+    # (as the "default-band" case above: 12, where knobs() would give 16).
     capacity = Capacity(min_workers=1, max_workers=64)
     at = sample(**{**BASE, "queue_depth": 16, "capacity": capacity})
     assert count(UtilizationStrategy().decide(at)) == 10
     changes = {"busy": 8.25, "completed": 132, "queue_depth": 16, "capacity": capacity}
-    assert count(UtilizationStrategy().decide(sample(**{**BASE, **changes}))) == 17
+    assert count(UtilizationStrategy().decide(sample(**{**BASE, **changes}))) == 12
