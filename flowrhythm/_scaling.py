@@ -271,7 +271,7 @@ class UtilizationStrategy:
       The target is the larger of ``demand / target`` and ``backlog /
       drain_time`` workers (Little's law: demand is arrival rate * service
       time, or the busy workers if more while the input queue is at least half
-      full and so holds the source back; the backlog is drained within
+      full and not draining, and so holds the source back; the backlog is drained within
       ``drain_time`` call durations), with ``target`` two thirds of the way up
       the band. With fewer than
       :data:`STRAIGHT_CALLS` completed calls behind the estimate a step is at
@@ -524,9 +524,12 @@ class UtilizationStrategy:
                 recent_arrivals / recent_seconds if recent_seconds > 0 else 0.0,
             )
             # Arrivals tell the demand, unless the input queue is backed up (at
-            # least half full): then the source is held back, and the busy
-            # workers are the least the demand can be.
-            backed_up = sample.queue_depth * 2 >= sample.queue_length
+            # least half full, and not draining): then the source is held back,
+            # and the busy workers are the least the demand can be.
+            before = self._ticks[-2].depth if len(self._ticks) > 1 else 0
+            backed_up = (
+                sample.queue_depth * 2 >= sample.queue_length and sample.queue_depth >= before
+            )
             demand = max(busy, rate * per_call) if backed_up else rate * per_call
             # Enough for the demand at the target utilization, or enough to drain the
             # backlog within drain_time calls, whichever is more: while a backlog
@@ -710,10 +713,11 @@ class UtilizationStrategy:
 class _Tick:
     """What the strategy keeps of one sample."""
 
-    __slots__ = ("active", "arrivals", "ended", "interval", "retried", "time")
+    __slots__ = ("active", "arrivals", "depth", "ended", "interval", "retried", "time")
 
     def __init__(self, sample: ScalingSample) -> None:
         self.time = sample.time
+        self.depth = sample.queue_depth
         self.interval = sample.interval
         self.active = sample.active
         self.ended = sample.completed
