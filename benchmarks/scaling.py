@@ -834,7 +834,7 @@ MATRIX_FULL = MatrixPlan(
     step=((5.0, 5.0), (50.0, 10.0), (5.0, 10.0)),
     items_downstream=600,
     items_chain=2000,
-    items_backoff=64,
+    items_backoff=12,
 )
 MATRIX_QUICK = MatrixPlan(
     seconds={0.001: 2.0, 0.01: 3.0, 0.1: 6.0, 0.5: 30.0, 1.0: 12.0},
@@ -842,7 +842,7 @@ MATRIX_QUICK = MatrixPlan(
     step=((5.0, 4.0), (50.0, 6.0), (5.0, 6.0)),
     items_downstream=300,
     items_chain=1000,
-    items_backoff=32,
+    items_backoff=6,
 )
 M_AUTO = matrix_scenarios.AUTO
 #: The cases docs/plot_scaling.py draws.
@@ -861,7 +861,7 @@ def m_run(backend: str, scenario: Callable[..., Any], *args: Any, **kwargs: Any)
 def m_saturating(
     backend: str, case: str, duration: Any, call: float, seconds: float, limit: int | None = None
 ) -> MatrixRow:
-    items = max(64, round(32 * seconds / call))
+    items = max(64, round((limit or 32) * seconds / call))  # a hidden limit: fewer calls
     best = 8 if limit is not None else 32
     runs: dict[str, Any] = {}
     order = ["auto", "fixed32", "best"] if best != 32 else ["auto", "fixed32"]

@@ -256,46 +256,51 @@ class UtilizationStrategy:
     so it behaves the same, in units of the call duration, for a millisecond
     call and for a five-second one.
 
-    * **Service time** is measured over the last :data:`SERVICE_CALLS`
-      completed calls (active worker-time per call, however many ticks that
-      takes), and is at least the mean age of the calls still running: a worker
-      busy for a second with nothing finished is evidence of a call of a second
-      or more. Time blocked on a full downstream queue, a rate limit, the
-      resource manager or a retry's back-off is not active.
+    * **Service time** is the mean duration of the last :data:`SERVICE_CALLS`
+      timed calls (active worker-time per completed item before any call was
+      timed), however many ticks that takes, and at least the mean age of the
+      calls still running: a worker busy for a second with nothing finished is
+      evidence of a call of a second or more. Time blocked on a full downstream
+      queue, a rate limit, the resource manager or a retry's back-off is not
+      active.
     * **Grow** while utilization is above ``upper_threshold``, input is waiting,
       less than ``blocked_limit`` of the time is blocked, the next job is
       neither backed up (its queue half full) nor saturated (all its workers
       busy at its ``max_workers``), and retries are not a quarter of the calls.
-      A next job at its maximum bounds a step to what it can take at its upper
-      threshold (from its busy share and this job's output rate).
       The target is the larger of ``demand / target`` and ``backlog /
-      drain_time`` workers (Little's law: demand is arrival rate * service
-      time, or the busy workers if more while the input queue is at least half
-      full and not draining, and so holds the source back; the backlog is drained within
-      ``drain_time`` call durations), with ``target`` two thirds of the way up
-      the band. With fewer than
-      :data:`STRAIGHT_CALLS` completed calls behind the estimate a step is at
-      most ``max(2 * workers, workers + 3)``; with that many it goes straight
-      to the target.
+      drain_time`` workers, with ``target`` two thirds of the way up the band.
+      By Little's law, demand is arrival rate * service time (over the last
+      four ticks or four service times, whichever is more), or the busy workers
+      if more while the input queue is at least half full and not draining, and
+      so holds the source back; the backlog drains within ``drain_time`` call
+      durations. With fewer than :data:`STRAIGHT_CALLS` completed calls behind
+      the estimate a step is at most ``max(2 * workers, workers + 3)``; with
+      that many it goes straight to the target. A next job at its maximum
+      bounds a step to what it can take at its upper threshold (from its busy
+      share and this job's output rate).
     * **Shrink** only after utilization, smoothed by ``dampening``, has stayed
-      below ``lower_threshold`` for the cooldown; then step toward the highest recommendation seen over that window
-      (smoothed busy workers / target), at most a quarter of the workers per
-      tick, for as long as utilization stays below the target.
+      below ``lower_threshold`` for the cooldown; then step toward the highest
+      recommendation seen over that window (smoothed busy workers / target), at
+      most a quarter of the workers per tick, for as long as utilization stays
+      below the target.
     * **Hidden limits** (a semaphore in the processor, a service that queues
       calls): more workers then make every call longer and bring nothing. Once
-      the worker count has settled (a service time since it changed) and
-      :data:`RECENT_CALLS` calls take at least :data:`SUSPECT_RATIO` times as
-      long as calls did before, with confidence, the job probes down to about
-      ``1.25 *`` the concurrency the durations suggest. If, with enough
-      completed calls at the lower count to tell a plateau from noise, the
-      throughput lost less than ``ineffective_gain`` of what the removed
-      workers should have carried, the limit is confirmed: the job stays
-      there, capped, and tries a step of +25% after ``probe_after`` service
-      times (doubling up to ``max_probe_after`` while steps keep failing).
-      Otherwise it goes straight back. A verdict needs at least ``min_judged``
-      completed calls (and eight per worker), never comes while workers are on
-      their first call, and the guard never fires while the durations stay as
-      they were. Every probe and cap is a scaling event with its reason.
+      the worker count has settled (a service time since it changed, and as
+      many calls ended as were running) and :data:`RECENT_CALLS` calls take at
+      least :data:`SUSPECT_RATIO` times as long as the job's first
+      :data:`REFERENCE_CALLS` calls did (geometric means, with confidence), the
+      job probes down to about ``1.25 *`` the concurrency the durations
+      suggest. If, with ``min_judged`` calls at the lower count, the throughput
+      (busy workers over the mean call duration) lost less than
+      ``ineffective_gain`` of what the removed workers should have carried, with
+      confidence, the limit is confirmed: the job stays there, capped, and
+      probes on down by quarters until a step down costs throughput. A capped
+      job tries a step of +25% after ``probe_after`` service times, doubling up
+      to ``max_probe_after`` while steps keep failing. A refuted suspicion goes
+      straight back and waits ``probe_after`` service times (doubling) before
+      the next. No verdict comes while workers are on their first call, and the
+      guard never fires while call durations stay as they were. Every probe
+      and cap is a scaling event with its reason.
 
     Args:
         drain_time: call durations within which a backlog should drain.
