@@ -256,8 +256,8 @@ class UtilizationStrategy:
     so it behaves the same, in units of the call duration, for a millisecond
     call and for a five-second one.
 
-    * **Service time** is the mean duration of the last :data:`SERVICE_CALLS`
-      timed calls (active worker-time per completed item before any call was
+    * **Service time** is the mean duration of the last 32 timed
+      calls (active worker-time per completed item before any call was
       timed), however many ticks that takes, and at least the mean age of the
       calls still running: a worker busy for a second with nothing finished is
       evidence of a call of a second or more. Time blocked on a full downstream
@@ -273,7 +273,7 @@ class UtilizationStrategy:
       four ticks or four service times, whichever is more), or the busy workers
       if more while the input queue is at least half full and not draining, and
       so holds the source back; the backlog drains within ``drain_time`` call
-      durations. With fewer than :data:`STRAIGHT_CALLS` completed calls behind
+      durations. With fewer than 8 completed calls behind
       the estimate a step is at most ``max(2 * workers, workers + 3)``; with
       that many it goes straight to the target. A next job at its maximum
       bounds a step to what it can take at its upper threshold (from its busy
@@ -286,9 +286,9 @@ class UtilizationStrategy:
     * **Hidden limits** (a semaphore in the processor, a service that queues
       calls): more workers then make every call longer and bring nothing. Once
       the worker count has settled (a service time since it changed, and as
-      many calls ended as were running) and :data:`RECENT_CALLS` calls take at
-      least :data:`SUSPECT_RATIO` times as long as the job's first
-      :data:`REFERENCE_CALLS` calls did (geometric means, with confidence), the
+      many calls ended as were running) and 64 calls take at
+      least 1.5 times as long as the job's first
+      32 calls did (geometric means, with confidence), the
       job probes down to about ``1.25 *`` the concurrency the durations
       suggest. If, with ``min_judged`` calls at the lower count, the throughput
       (busy workers over the mean call duration) lost less than

@@ -126,11 +126,12 @@ async def downstream_bottleneck(capacity: Capacity, items: int) -> Outcome:
         ends.append(anyio.current_time())
 
     events: list[ScalingEvent] = []
+    start = anyio.current_time()
     flow = (
         Flow().add(call, name="call", capacity=capacity).add(slow, name="slow", capacity=fixed(4))
     )
     await flow.run(range(items), on_scale=lambda e: events.append(e) if e.job == "call" else None)
-    return Outcome(anyio.current_time(), ends, events, capacity.initial_workers)
+    return _outcome(start, ends, events, capacity)
 
 
 async def step_load(capacity: Capacity, phases: list[tuple[float, float]]) -> Outcome:
@@ -145,13 +146,14 @@ async def step_load(capacity: Capacity, phases: list[tuple[float, float]]) -> Ou
         latencies.append(now - sent)
 
     events: list[ScalingEvent] = []
+    start = anyio.current_time()
     flow = Flow().add(call, name="call", capacity=capacity)
     async with flow.start(on_scale=events.append) as running:
         for rate, seconds in phases:
             for _ in range(round(rate * seconds)):
                 await running.send(anyio.current_time())
                 await anyio.sleep(1 / rate)
-    outcome = Outcome(anyio.current_time(), ends, events, capacity.initial_workers)
+    outcome = _outcome(start, ends, events, capacity)
     outcome.latencies = latencies  # type: ignore[attr-defined]
     return outcome
 
@@ -170,6 +172,7 @@ async def chain(capacities: list[Capacity], items: int) -> Outcome:
         return call
 
     events: list[ScalingEvent] = []
+    start = anyio.current_time()
     flow = (
         Flow()
         .add(stage(0.005), name="fast", capacity=capacities[0])
@@ -177,7 +180,7 @@ async def chain(capacities: list[Capacity], items: int) -> Outcome:
         .add(stage(0.05, last=True), name="mid", capacity=capacities[2])
     )
     await flow.run(range(items), on_scale=lambda e: events.append(e) if e.job == "slow" else None)
-    return Outcome(anyio.current_time(), ends, events, capacities[1].initial_workers)
+    return _outcome(start, ends, events, capacities[1])
 
 
 async def backing_off(capacity: Capacity, items: int) -> Outcome:
@@ -192,13 +195,26 @@ async def backing_off(capacity: Capacity, items: int) -> Outcome:
         ends.append(anyio.current_time())
 
     events: list[ScalingEvent] = []
+    start = anyio.current_time()
     flow = (
         Flow()
         .add(call, name="call", capacity=capacity, retry=Retry(attempts=4, backoff=0.5))
         .add_error_job(errors)
     )
     await flow.run(range(items), on_scale=lambda e: events.append(e) if e.job == "call" else None)
-    return Outcome(anyio.current_time(), ends, events, capacity.initial_workers)
+    return _outcome(start, ends, events, capacity)
+
+
+def _outcome(
+    start: float, ends: list[float], events: list[ScalingEvent], capacity: Capacity
+) -> Outcome:
+    """Times from the start of the run (a real clock starts anywhere)."""
+    return Outcome(
+        anyio.current_time() - start,
+        [t - start for t in ends],
+        [_shift(e, start) for e in events],
+        capacity.initial_workers,
+    )
 
 
 def _shift(event: ScalingEvent, start: float) -> ScalingEvent:
