@@ -13,15 +13,24 @@ measured in the same run, on asyncio and on trio:
   meanwhile (the ramp overshoots for that), and returns the overshoot after the 1 s cooldown.
 * S3 step 500 -> 4,000 -> 500 items/s: rise time after the step up; after the step down, the
   job shrinks only after the cooldown and never below what the load needs. The timeline goes
-  to ``benchmarks/results/s3_timeline.json`` for ``docs/plot_scaling.py``.
+  to ``benchmarks/results/s3_timeline.json``.
 * S4 downstream bottleneck: the job feeds a sink fixed at 10 workers.
 * S6 hidden limit: a shared ``anyio.Semaphore(8)`` inside the processor.
 * Scaler cost: 10 chained identity jobs with the scaler running but unable to change the
   count, against the same jobs with fixed pools.
+* The matrix (M): the workloads users bring, as ``tests/test_scaling_matrix.py`` runs them in
+  virtual time, here in real time: saturating constant and log-normal (sigma 1) calls of
+  1 ms to 1 s, a hidden ``Semaphore(8)`` at 10 ms and 500 ms, a job feeding one fixed at 4
+  workers, a step 5/s -> 50/s -> 5/s of 500 ms calls, a chain of 5/200/50 ms, and calls that
+  fail and back off; the default ``UtilizationCapacity(min_workers=1, max_workers=32,
+  queue_length=128)`` against fixed-32 and the best fixed pool in the same run: throughput
+  ratios, time to 90% of fixed-32's rate (in seconds and in call durations), peak and final
+  workers, and how often the guard capped the job (a hidden limit).
 
 Usage::
 
     python benchmarks/scaling.py [--backend asyncio|trio|both] [--quick] [--json PATH] [--check]
+                                 [--only scenarios|matrix]
 
 Progress goes to stderr, the tables to stdout. Every figure is printed with its target and
 PASS or MISS; a MISS also prints the scaler's decisions (its ScalingEvent sequence).
@@ -48,6 +57,10 @@ import anyio
 
 from flowrhythm import Capacity, Flow, RunningFlow, ScalingEvent, UtilizationCapacity
 
+# The matrix runs the very scenarios the test suite runs in virtual time.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import _scenarios as matrix_scenarios
+
 SERVICE = 0.01  # seconds each item sleeps in the processor
 QUEUE_LENGTH = 128
 MAX_WORKERS = 64
@@ -65,6 +78,7 @@ AUTO = UtilizationCapacity(
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TIMELINE_PATH = RESULTS_DIR / "s3_timeline.json"
+MATRIX_PATH = RESULTS_DIR / "matrix.json"
 
 JOB = "work"
 SINK = "sink"
@@ -773,6 +787,267 @@ def scaler_cost(backend: str, plan: Plan) -> Scenario:
     return sc
 
 
+# ------------------------------------------------------------------------------ the matrix
+
+
+@dataclass
+class MatrixRow:
+    case: str
+    call: float  # seconds a call takes (the mean, for log-normal calls)
+    auto_rate: float
+    fixed32_rate: float
+    best_rate: float
+    best: str
+    t90: float | None  # seconds until the rate reached 90% of fixed-32's
+    peak: int
+    final: int
+    firings: int
+    note: str = ""
+    # For docs/plot_scaling.py (the constant 10 ms and 1 s cases): the autoscaled job's
+    # (time, workers) steps, and when each call ended, autoscaled and fixed-32.
+    timeline: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio32(self) -> float:
+        return self.auto_rate / self.fixed32_rate
+
+    @property
+    def ratio_best(self) -> float:
+        return self.auto_rate / self.best_rate
+
+
+@dataclass(frozen=True)
+class MatrixPlan:
+    """Seconds of calls each saturating run is sized for (at 32 workers), by call duration."""
+
+    seconds: dict[float, float]
+    hidden_slow: float  # the 500 ms hidden limit: long enough for the probe to find it
+    step: tuple[tuple[float, float], ...]
+    items_downstream: int
+    items_chain: int
+    items_backoff: int
+
+
+MATRIX_FULL = MatrixPlan(
+    seconds={0.001: 3.0, 0.01: 4.0, 0.1: 10.0, 0.5: 40.0, 1.0: 20.0},
+    hidden_slow=60.0,
+    step=((5.0, 5.0), (50.0, 10.0), (5.0, 10.0)),
+    items_downstream=600,
+    items_chain=2000,
+    items_backoff=12,
+)
+MATRIX_QUICK = MatrixPlan(
+    seconds={0.001: 2.0, 0.01: 3.0, 0.1: 6.0, 0.5: 30.0, 1.0: 12.0},
+    hidden_slow=45.0,
+    step=((5.0, 4.0), (50.0, 6.0), (5.0, 6.0)),
+    items_downstream=300,
+    items_chain=1000,
+    items_backoff=6,
+)
+M_AUTO = matrix_scenarios.AUTO
+#: The cases docs/plot_scaling.py draws.
+PLOTTED = ("constant 10 ms", "constant 1000 ms")
+
+
+def m_run(backend: str, scenario: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    gc.collect()
+
+    async def main() -> Any:
+        return await scenario(*args, **kwargs)
+
+    return anyio.run(main, backend=backend)
+
+
+def m_saturating(
+    backend: str, case: str, duration: Any, call: float, seconds: float, limit: int | None = None
+) -> MatrixRow:
+    items = max(64, round((limit or 32) * seconds / call))  # a hidden limit: fewer calls
+    best = 8 if limit is not None else 32
+    runs: dict[str, Any] = {}
+    order = ["auto", "fixed32", "best"] if best != 32 else ["auto", "fixed32"]
+    for name in order:  # interleaved: auto first, then the fixed pools
+        capacity = {
+            "auto": M_AUTO,
+            "fixed32": matrix_scenarios.fixed(32),
+            "best": matrix_scenarios.fixed(best),
+        }[name]
+        runs[name] = m_run(
+            backend, matrix_scenarios.saturating, duration, capacity, items, seed=1, limit=limit
+        )
+    auto, fixed32 = runs["auto"], runs["fixed32"]
+    best_run = runs.get("best", fixed32)
+    t90 = auto.time_to(0.9 * fixed32.throughput, max(call, 0.1))
+    return MatrixRow(
+        case,
+        call,
+        auto.throughput,
+        fixed32.throughput,
+        max(best_run.throughput, fixed32.throughput),
+        f"fixed-{best}",
+        None if math.isinf(t90) else t90,
+        auto.peak,
+        auto.final,
+        len(auto.firings()),
+        f"{items} calls",
+        {
+            "workers": [(0.0, auto.initial), *((e.time, e.new) for e in auto.events)],
+            "auto_ends": sorted(auto.ends),
+            "fixed32_ends": sorted(fixed32.ends),
+            "elapsed": auto.elapsed,
+        }
+        if case in PLOTTED
+        else {},
+    )
+
+
+def m_other(backend: str, plan: MatrixPlan) -> list[MatrixRow]:
+    rows = []
+    n = plan.items_downstream
+    auto = m_run(backend, matrix_scenarios.downstream_bottleneck, M_AUTO, n)
+    fixed32 = m_run(backend, matrix_scenarios.downstream_bottleneck, matrix_scenarios.fixed(32), n)
+    four = m_run(backend, matrix_scenarios.downstream_bottleneck, matrix_scenarios.fixed(4), n)
+    rows.append(
+        MatrixRow(
+            "downstream fixed at 4",
+            0.1,
+            auto.throughput,
+            fixed32.throughput,
+            max(four.throughput, fixed32.throughput),
+            "fixed-4",
+            None,
+            auto.peak,
+            auto.final,
+            len(auto.firings()),
+            f"{n} calls",
+        )
+    )
+    phases = [list(p) for p in plan.step]
+    auto = m_run(backend, matrix_scenarios.step_load, M_AUTO, phases)
+    fixed32 = m_run(backend, matrix_scenarios.step_load, matrix_scenarios.fixed(32), phases)
+    low = plan.step[0][1]
+    rise = next((e.time - low for e in auto.events if e.new >= 25), None)
+    p95 = sorted(auto.latencies)[int(0.95 * len(auto.latencies))]
+    p95_32 = sorted(fixed32.latencies)[int(0.95 * len(fixed32.latencies))]
+    rows.append(
+        MatrixRow(
+            "step 5/s -> 50/s -> 5/s",
+            0.5,
+            len(auto.ends) / auto.elapsed,
+            len(fixed32.ends) / fixed32.elapsed,
+            len(fixed32.ends) / fixed32.elapsed,
+            "fixed-32",
+            rise,
+            auto.peak,
+            auto.final,
+            len(auto.firings()),
+            f"p95 latency {p95:.2f} s (fixed-32 {p95_32:.2f} s); 25 workers "
+            f"{'never' if rise is None else f'{rise:.1f} s after the rise'}",
+        )
+    )
+    n = plan.items_chain
+    auto = m_run(backend, matrix_scenarios.chain, [M_AUTO] * 3, n)
+    fixed32 = m_run(backend, matrix_scenarios.chain, [matrix_scenarios.fixed(32)] * 3, n)
+    rows.append(
+        MatrixRow(
+            "chain 5/200/50 ms",
+            0.2,
+            auto.throughput,
+            fixed32.throughput,
+            fixed32.throughput,
+            "fixed-32",
+            auto.time_to(0.9 * fixed32.throughput, 0.2),
+            auto.peak,
+            auto.final,
+            len(auto.firings()),
+            f"{n} items; workers of the 200 ms job",
+        )
+    )
+    n = plan.items_backoff
+    auto = m_run(backend, matrix_scenarios.backing_off, M_AUTO, n)
+    rows.append(
+        MatrixRow(
+            "failing calls backing off",
+            0.01,
+            auto.throughput,
+            auto.throughput,
+            auto.throughput,
+            "-",
+            None,
+            auto.peak,
+            auto.final,
+            len(auto.firings()),
+            f"{n} items, 4 attempts each",
+        )
+    )
+    return rows
+
+
+def run_matrix(backend: str, plan: MatrixPlan) -> list[MatrixRow]:
+    log(f"[{backend}] matrix")
+    rows: list[MatrixRow] = []
+    cases: list[tuple[str, Any, float, float, int | None]] = [
+        (f"constant {c * 1000:g} ms", matrix_scenarios.constant(c), c, plan.seconds[c], None)
+        for c in (0.001, 0.01, 0.1, 1.0)
+    ]
+    cases += [
+        (f"log-normal {c * 1000:g} ms", matrix_scenarios.lognormal(c), c, plan.seconds[c], None)
+        for c in (0.01, 0.1, 1.0)
+    ]
+    cases.append(
+        ("Semaphore(8), 10 ms", matrix_scenarios.constant(0.01), 0.01, plan.seconds[0.01], 8)
+    )
+    cases.append(
+        ("Semaphore(8), 500 ms", matrix_scenarios.constant(0.5), 0.5, plan.hidden_slow, 8)
+    )
+    for case, duration, call, seconds_, limit in cases:
+        started = time.perf_counter()
+        row = m_saturating(backend, case, duration, call, seconds_, limit)
+        rows.append(row)
+        log(
+            f"  M {case}: {row.ratio32:.3f} of fixed-32, {row.ratio_best:.3f} of best, "
+            f"t90 {seconds(row.t90)}, peak {row.peak}, final {row.final}, "
+            f"guard {row.firings} ({time.perf_counter() - started:.0f} s)"
+        )
+    rows.extend(m_other(backend, plan))
+    return rows
+
+
+def print_matrix(backend: str, rows: Sequence[MatrixRow]) -> None:
+    header = (
+        "case",
+        "/fixed-32",
+        "/best",
+        "best",
+        "t90",
+        "t90 calls",
+        "peak",
+        "final",
+        "guard",
+        "note",
+    )
+    table = [
+        (
+            r.case,
+            f"{r.ratio32:.3f}",
+            f"{r.ratio_best:.3f}",
+            r.best,
+            seconds(r.t90),
+            "-" if r.t90 is None else f"{r.t90 / r.call:.1f}",
+            str(r.peak),
+            str(r.final),
+            str(r.firings),
+            r.note,
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    print(f"\n== {backend}: the matrix (real time) " + "=" * 20)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -840,9 +1115,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--timeline",
         metavar="PATH",
         default=str(TIMELINE_PATH),
-        help="where the S3 timeline goes (read by docs/plot_scaling.py)",
+        help="where the S3 timeline goes",
     )
     parser.add_argument("--check", action="store_true", help="exit with 1 when a target is missed")
+    parser.add_argument(
+        "--only",
+        choices=["scenarios", "matrix"],
+        help="run only S1-S6 and the scaler cost, or only the matrix",
+    )
     return parser.parse_args(argv)
 
 
@@ -863,15 +1143,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     all_results: dict[str, list[Scenario]] = {}
     timelines: dict[str, dict[str, Any]] = {}
+    matrices: dict[str, list[MatrixRow]] = {}
     for backend in backends:
-        results, timeline = run_backend(backend, plan)
-        all_results[backend] = results
-        timelines[backend] = timeline
-        report["backends"][backend] = [asdict(sc) for sc in results]
+        if args.only != "matrix":
+            results, timeline = run_backend(backend, plan)
+            all_results[backend] = results
+            timelines[backend] = timeline
+            report["backends"][backend] = [asdict(sc) for sc in results]
+        if args.only != "scenarios":
+            matrices[backend] = run_matrix(backend, MATRIX_QUICK if args.quick else MATRIX_FULL)
+            report.setdefault("matrix", {})[backend] = [asdict(r) for r in matrices[backend]]
     for backend, results in all_results.items():
         print_table(backend, results)
-    write_timeline(timelines, Path(args.timeline))
-    print(f"\nS3 timeline written to {args.timeline}")
+    for backend, rows in matrices.items():
+        print_matrix(backend, rows)
+    if matrices:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        MATRIX_PATH.write_text(json.dumps(report.get("matrix"), indent=1), encoding="utf-8")
+        print(f"\nmatrix written to {MATRIX_PATH}")
+    if timelines:
+        write_timeline(timelines, Path(args.timeline))
+        print(f"\nS3 timeline written to {args.timeline}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
         print(f"JSON written to {args.json}")

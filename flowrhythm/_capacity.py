@@ -18,10 +18,12 @@ class Strategy(enum.Enum):
     .. versionadded:: 0.1
     """
 
-    #: The default. Grow while the workers are busy and input is waiting;
-    #: shrink after the cooldown when they are mostly idle. Time blocked on a full
-    #: downstream queue is not busy, and a blocked job never grows.
-    #: See :class:`UtilizationStrategy`.
+    #: The default. Grow while the workers are busy and input is waiting, by
+    #: Little's law from the measured call duration; shrink after the cooldown
+    #: when they are mostly idle. Time blocked on a full downstream queue, a
+    #: rate limit, the resource manager or a retry's back-off is not busy, and a
+    #: blocked job never grows. Judged by evidence in completed calls, so it
+    #: holds for any call duration. See :class:`UtilizationStrategy`.
     UTILIZATION = "utilization"
     #: One worker per ten items waiting or in progress. See :class:`QueueDepthStrategy`.
     QUEUE_DEPTH = "queue_depth"
@@ -98,7 +100,10 @@ class UtilizationCapacity(Capacity):
         lower_threshold: below this utilization (for ``cooldown``) the job shrinks.
         upper_threshold: above this utilization, with input waiting, the job grows.
         cooldown: seconds utilization must stay low before the job shrinks.
-        sampling: seconds between two decisions of the job's scaler.
+        sampling: seconds between two decisions of the job's scaler. Growth
+            and the guard against hidden limits judge by completed calls, not by
+            a number of ticks, so this sets how often the evidence is looked at,
+            not how much of it a decision needs.
         dampening: smoothing of the signals used for shrinking, in ``[0, 1)``;
             ``0`` means no smoothing.
         strategy: a :class:`Strategy` member, or a callable with no arguments

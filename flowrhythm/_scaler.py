@@ -29,7 +29,12 @@ logger = logging.getLogger("flowrhythm")
 @final
 @attrs.frozen(kw_only=True)
 class ScalingEvent:
-    """One change of a job's worker count, as the scaler decided it.
+    """One scaling decision: a change of a job's worker count, or a cap on it.
+
+    A strategy that keeps the count but gives a new reason (the default
+    strategy does so when it confirms a hidden limit and caps the job where it
+    is) makes an event with ``old == new``; it counts as neither a scale-up nor
+    a scale-down. The same reason again, with the count kept, makes none.
 
     Attributes:
         job: the job's name.
@@ -76,7 +81,14 @@ async def run_scaler(job: Job) -> None:
         active0, idle0, blocked0 = counters.seconds(then)
         ended0 = counters.ended
         received0 = counters.received
+        retried0, errored0 = counters.retried, counters.errored
+        timed0 = counters.latency.count
+        total0, squares0 = counters.latency.total, counters.latency.squares
+        logs0, log_squares0 = counters.latency.logs, counters.latency.log_squares
         depth0 = receive.statistics().current_buffer_used
+        following = _next_job(job)
+        down0 = following.counters.seconds(then)[0] if following is not None else 0.0
+        said = ""  # the last reason given: a kept count makes an event only with a new one
         while True:
             await anyio.sleep(knobs.sampling)
             if job.input_ended:
@@ -87,10 +99,21 @@ async def run_scaler(job: Job) -> None:
             depth = receive.statistics().current_buffer_used
             workers = job.worker_count
             down = downstream.statistics() if downstream is not None else None
+            latency = counters.latency
+            timed = latency.count
+            durations = sorted(latency.since(timed0))
+            interval = max(now - then, 1e-9)
+            down_busy = None
+            down_active = 0.0
+            if following is not None:
+                fc = following.counters
+                down_active = fc.seconds(now)[0]
+                down_total = fc.workers * interval
+                down_busy = min((down_active - down0) / down_total, 1.0) if down_total else 0.0
             sample = ScalingSample(
                 job=job.name,
                 time=now,
-                interval=max(now - then, 1e-9),
+                interval=interval,
                 workers=workers,
                 min_workers=low,
                 max_workers=high,
@@ -105,9 +128,34 @@ async def run_scaler(job: Job) -> None:
                 downstream_length=int(down.max_buffer_size) if down is not None else None,
                 input_closed=not receive.statistics().open_send_streams,
                 capacity=capacity,
+                calls=timed - timed0,
+                call_seconds=max(latency.total - total0, 0.0),
+                call_squares=max(latency.squares - squares0, 0.0),
+                call_logs=latency.logs - logs0,
+                call_log_squares=max(latency.log_squares - log_squares0, 0.0),
+                call_p50=_quantile(durations, 0.5),
+                call_p90=_quantile(durations, 0.9),
+                first_calls=int(counters.first[0]),
+                first_call_logs=counters.first[1],
+                first_call_log_squares=counters.first[2],
+                running=counters.running,
+                running_age=counters.running_age(counters.timer()),
+                retried=counters.retried - retried0,
+                errored=counters.errored - errored0,
+                total_completed=ended,
+                total_received=received,
+                downstream_busy=down_busy,
+                downstream_workers=following.counters.workers if following is not None else None,
+                downstream_max_workers=(
+                    following.spec.capacity.max_workers if following is not None else None
+                ),
             )
             then, active0, idle0, blocked0 = now, active, idle, blocked
             ended0, received0, depth0 = ended, received, depth
+            retried0, errored0 = counters.retried, counters.errored
+            timed0, total0, squares0 = timed, latency.total, latency.squares
+            logs0, log_squares0 = latency.logs, latency.log_squares
+            down0 = down_active
             if not job.workers:
                 continue  # the doorman starts the first worker when input arrives
             target, reason = _target(strategy.decide(sample), job.name)
@@ -121,6 +169,25 @@ async def run_scaler(job: Job) -> None:
                 job.shrink(workers - target)
                 counters.scale_downs += 1
                 job.run.scaled(job, workers, target, reason)
+            elif reason and reason != said:
+                job.run.scaled(job, workers, workers, reason)  # a cap, or a verdict
+            if target != workers or reason:
+                said = reason
+
+
+def _next_job(job: Job) -> Job | None:
+    """The job that takes this job's outputs, if any."""
+    jobs = job.run.jobs
+    for i, other in enumerate(jobs[:-1]):
+        if other is job:
+            return jobs[i + 1]
+    return None
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 def log_scaling(event: ScalingEvent) -> None:

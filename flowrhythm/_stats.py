@@ -8,13 +8,14 @@ state with a ``statistics()`` value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import final
 
 import attrs
 
 from ._report import bottleneck, report
-from ._timing import Timings, call_timer
+from ._timing import TINY, Timings, call_timer
 
 
 @final
@@ -35,6 +36,7 @@ class Counters:
         "clock",
         "completed",
         "errored",
+        "first",
         "idle",
         "idle_seconds",
         "idle_since",
@@ -42,9 +44,12 @@ class Counters:
         "outputs_adjust",
         "received",
         "retried",
+        "running",
+        "running_since",
         "scale_downs",
         "scale_ups",
         "skipped",
+        "timed_calls",
         "timer",
         "worker_seconds",
         "workers",
@@ -75,6 +80,14 @@ class Counters:
         self.blocked_seconds = 0.0
         self.blocked_since = 0.0
         self.latency = Timings()  # processing times of sampled items
+        # Timed calls still running, and the sum of their start times (by ``timer``):
+        # their ages add up to ``running * timer() - running_since``.
+        self.running = 0
+        self.running_since = 0.0
+        self.timed_calls = 0  # timed calls started
+        # The first FIRST_CALLS timed calls that ended: count, sum and sum of squares
+        # of the logarithms of their durations.
+        self.first = [0, 0.0, 0.0]
 
     @property
     def outputs(self) -> int:
@@ -116,6 +129,18 @@ class Counters:
         self.blocked -= 1
         self.blocked_since -= since
         self.blocked_seconds += now - since
+
+    def first_call(self, seconds: float) -> None:
+        """One of the job's first timed calls ended after ``seconds``."""
+        log = math.log(max(seconds, TINY))
+        first = self.first
+        first[0] += 1
+        first[1] += log
+        first[2] += log * log
+
+    def running_age(self, now: float) -> float:
+        """The summed ages of the timed calls still running, at ``now`` (by ``timer``)."""
+        return max(self.running * now - self.running_since, 0.0) if self.running else 0.0
 
     def seconds(self, now: float) -> tuple[float, float, float]:
         """Cumulative worker-seconds ``(active, idle, blocked)`` up to ``now``."""

@@ -36,11 +36,18 @@ def refuse_offload_in_virtual_time() -> None:
             "follow; test the offloaded function on its own, or run the flow with anyio.run"
         )
 
+
 #: One fast item in this many is timed (a power of two: the loop tests ``n & mask``).
 SAMPLE_EVERY: Final = 32
 SAMPLE_MASK: Final = SAMPLE_EVERY - 1
 #: Items slower than this are all timed: two clock reads are nothing next to them.
 SLOW: Final = 100e-6
+#: A job's first timed calls, kept apart (however they end) as the reference
+#: for "calls take longer now": they were timed before any scaling, and counting
+#: them by start, not by end, keeps the long ones among them.
+FIRST_CALLS: Final = 32
+#: Durations below this count as this much in logarithms (a call can take no time at all).
+TINY: Final = 1e-9
 #: How many recent timings a job keeps (a power of two).
 KEEP: Final = 1024
 
@@ -72,17 +79,38 @@ class Timings:
     asks, by sorting at most :data:`KEEP` floats.
     """
 
-    __slots__ = ("count", "mask", "ring")
+    __slots__ = ("count", "log_squares", "logs", "mask", "ring", "squares", "total")
 
     def __init__(self) -> None:
         self.ring = [0.0] * KEEP
         self.count = 0
         self.mask = 0  # time the first items, to learn how slow they are
+        # Sums over every timed duration: of the seconds, of their squares, and
+        # of their logarithms and squared logarithms (a geometric mean and its spread).
+        self.total = 0.0
+        self.squares = 0.0
+        self.logs = 0.0
+        self.log_squares = 0.0
 
     def add(self, seconds: float) -> None:
         self.ring[self.count & (KEEP - 1)] = seconds
         self.count += 1
+        self.total += seconds
+        self.squares += seconds * seconds
+        log = math.log(max(TINY, seconds))
+        self.logs += log
+        self.log_squares += log * log
         self.mask = 0 if seconds > SLOW else SAMPLE_MASK
+
+    def since(self, count: int) -> list[float]:
+        """The durations timed after the first ``count`` (at most the last :data:`KEEP`)."""
+        n = min(self.count - count, KEEP)
+        if n <= 0:
+            return []
+        end = self.count & (KEEP - 1)
+        start = (self.count - n) & (KEEP - 1)
+        ring = self.ring
+        return ring[start:end] if start < end else ring[start:] + ring[:end]
 
     def percentiles(self, *qs: float) -> tuple[float | None, ...]:
         """The ``qs``-th percentiles (0..100) in seconds; ``None`` with no data."""

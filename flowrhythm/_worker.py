@@ -24,6 +24,7 @@ from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._errors import LastWorkItem, StopProcessing
+from ._timing import FIRST_CALLS
 
 if TYPE_CHECKING:
     from ._batch import Batcher
@@ -171,7 +172,17 @@ async def work(
                 await _process(job, fn, True, item, 1, None)
             else:
                 started = clock()
-                await _process(job, fn, True, item, 1, None)
+                ordinal = counters.timed_calls
+                counters.timed_calls = ordinal + 1
+                counters.running += 1
+                counters.running_since += started
+                try:
+                    await _process(job, fn, True, item, 1, None)
+                finally:
+                    counters.running -= 1
+                    counters.running_since -= started
+                    if ordinal < FIRST_CALLS:
+                        counters.first_call(clock() - started)
                 latency.add(clock() - started)
         else:
             try:
@@ -179,7 +190,17 @@ async def work(
                     result = await fn(item)
                 else:  # timed: see flowrhythm._timing.Timings
                     started = clock()
-                    result = await fn(item)
+                    ordinal = counters.timed_calls
+                    counters.timed_calls = ordinal + 1
+                    counters.running += 1  # calls in flight, for their age
+                    counters.running_since += started
+                    try:
+                        result = await fn(item)
+                    finally:
+                        counters.running -= 1
+                        counters.running_since -= started
+                        if ordinal < FIRST_CALLS:
+                            counters.first_call(clock() - started)
                     latency.add(clock() - started)
             except StopProcessing:
                 counters.skipped += 1
@@ -267,7 +288,17 @@ async def work_general(
             ok = await _process(job, fn, is_gen, item, weight, outputs)
         else:
             started = counters.timer()
-            ok = await _process(job, fn, is_gen, item, weight, outputs)
+            ordinal = counters.timed_calls
+            counters.timed_calls = ordinal + 1
+            counters.running += 1
+            counters.running_since += started
+            try:
+                ok = await _process(job, fn, is_gen, item, weight, outputs)
+            finally:
+                counters.running -= 1
+                counters.running_since -= started
+                if ordinal < FIRST_CALLS:
+                    counters.first_call(counters.timer() - started)
             counters.latency.add(counters.timer() - started)
         if reorder is not None:
             assert outputs is not None
