@@ -103,7 +103,16 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "-b", "doctest", "docs", "docs/_build/doctest")
 
 
-BENCHMARKS = ["hop", "paths", "accounting", "scaling", "options", "offload", "memory"]
+BENCHMARKS = [
+    "hop",
+    "paths",
+    "accounting",
+    "scaling",
+    "options",
+    "offload",
+    "memory",
+    "routing",
+]
 
 
 @nox.session

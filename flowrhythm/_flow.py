@@ -9,9 +9,9 @@ another or at once.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, final
+from typing import Any, ClassVar, Never, final
 
 import attrs
 
@@ -32,10 +32,75 @@ from ._validate import check_number, function_of
 class JobSpec:
     """One job as defined on a flow (private)."""
 
+    is_router: ClassVar[bool] = False
     name: str
     stage: Stage
     capacity: Capacity
     options: JobOptions = attrs.field(factory=JobOptions)
+
+
+@final
+@attrs.frozen
+class RouterSpec:
+    """A router as defined on a flow (private): a job whose workers pick an arm per item.
+
+    ``arms`` maps each label to the job definitions of its arm, their names
+    already qualified (``route[html].parse``); an empty arm passes items through.
+    """
+
+    is_router: ClassVar[bool] = True
+    name: str
+    classify: Callable[[Any], Any]
+    is_async: bool
+    arms: dict[Any, tuple[JobSpec | RouterSpec, ...]]
+    default: Any
+    capacity: Capacity
+    options: JobOptions = attrs.field(factory=JobOptions)
+
+    def names(self) -> list[str]:
+        """The router's name and every name inside its arms, in flow order."""
+        return [
+            self.name,
+            *(n for arm in self.arms.values() for spec in arm for n in _names(spec)),
+        ]
+
+    def renamed(self, name: str) -> RouterSpec:
+        """The same router under another name, its arm jobs qualified anew."""
+        old, new = f"{self.name}[", f"{name}["
+        arms = {
+            label: tuple(_requalify(spec, old, new) for spec in arm)
+            for label, arm in self.arms.items()
+        }
+        return attrs.evolve(self, name=name, arms=arms)
+
+
+def _names(spec: JobSpec | RouterSpec) -> list[str]:
+    return spec.names() if isinstance(spec, RouterSpec) else [spec.name]
+
+
+def _requalify(spec: JobSpec | RouterSpec, old: str, new: str) -> JobSpec | RouterSpec:
+    name = new + spec.name[len(old) :] if spec.name.startswith(old) else spec.name
+    if isinstance(spec, RouterSpec):
+        return spec.renamed(name)
+    return attrs.evolve(spec, name=name)
+
+
+def _walk(specs: list[JobSpec | RouterSpec], depth: int = 0) -> list[tuple[int, str]]:
+    """The shape of a flow, one ``(depth, text)`` line per job, arms indented."""
+    lines: list[tuple[int, str]] = []
+    for spec in specs:
+        if isinstance(spec, RouterSpec):
+            lines.append((depth, f"{spec.name} (router)"))
+            for label, arm in spec.arms.items():
+                mark = " (default)" if spec.default is not None and label == spec.default else ""
+                lines.append((depth + 1, f"[{label!r}]{mark}"))
+                if arm:
+                    lines += _walk(list(arm), depth + 2)
+                else:
+                    lines.append((depth + 2, "(passes items through)"))
+        else:
+            lines.append((depth, spec.name))
+    return lines
 
 
 def _capacity(processor: object, capacity: object) -> Capacity:
@@ -103,7 +168,7 @@ class Flow:
     #: The flow's name, for metrics (the ``flow`` label of :mod:`flowrhythm.prometheus`).
     #: ``None`` for an unnamed flow.
     name: str | None = attrs.field(default=None, kw_only=True)
-    _jobs: list[JobSpec] = attrs.field(init=False, factory=list)
+    _jobs: list[JobSpec | RouterSpec] = attrs.field(init=False, factory=list)
     _error_job: JobSpec | None = attrs.field(init=False, default=None)
 
     @name.validator
@@ -158,14 +223,37 @@ class Flow:
                 many workers the job has (per run).
             batch: a :class:`Batch`: the processor receives lists of items.
 
+        ``processor`` may also be another :class:`Flow`: copies of its job
+        definitions are folded in here (later changes to it do not affect this
+        flow), a job name already used here getting a suffix (``clean#2``). It
+        takes no other argument, and must have no error job.
+
         Raises:
             TypeError: ``processor`` is not an async callable (a synchronous
                 callable without ``executor=`` included; with ``executor=``, an
                 async one), or ``capacity`` / ``name`` / ``executor`` has the
                 wrong type.
             ValueError: an explicit ``name`` is already used in this flow, or an
-                option has an invalid value (naming the option).
+                option has an invalid value (naming the option), or a folded
+                flow has an error job.
         """
+        if isinstance(processor, Flow):
+            given = {
+                "capacity": capacity,
+                "name": name,
+                "executor": executor,
+                "retry": retry,
+                "timeout": timeout,
+                "max_per_second": max_per_second,
+                "batch": batch,
+            }
+            for key, value in [*given.items(), ("ordered", ordered or None)]:
+                if value is not None:
+                    raise TypeError(
+                        f"{key}= cannot be given when adding a Flow: its jobs keep their own"
+                    )
+            self._fold(processor)
+            return self
         options = JobOptions.build(
             ordered=ordered,
             retry=retry,
@@ -250,6 +338,154 @@ class Flow:
         self._error_job = self._spec(processor, capacity, name, NO_LOCK, executor, options)
         return self
 
+    def add_router(
+        self,
+        classify: Callable[[Any], Any],
+        arms: Mapping[Any, Any],
+        default: Any = None,
+        name: str | None = None,
+        capacity: Capacity | None = None,
+        **job_options: Never,
+    ) -> Flow:
+        """Append a router: a job that hands each item to one arm, chosen by a label.
+
+        Example::
+
+            flow.add_router(kind_of, {
+                "html": Flow().add(parse_html),
+                "pdf": Flow().add(ocr).add(parse_pdf),
+            }, default="html")
+            flow.add(store)  # every arm's outputs feed `store`
+
+        The router's workers call ``classify(item)`` (a plain or ``async def``
+        function returning a label) and hand the item to that label's arm, as a
+        job hands an output to the next one (a full arm makes the router's worker
+        wait: blocked time). Every arm's outputs go to the job added after the
+        router; if the router is last, they are the flow's outputs. Order across
+        arms is not kept. End of input reaches each arm once the router has
+        drained, and the next job once every arm has.
+
+        A label with no arm goes to ``default``; without one, the item fails
+        with a :class:`LookupError` naming the label (to the error job, or
+        failing the run). An exception in ``classify`` is routed like a
+        processor's, :class:`StopProcessing` skips the item.
+
+        Arm jobs are named after the router and label: the job ``parse_html``
+        of the arm ``"html"`` of the router ``route`` is ``route[html].parse_html``
+        (``route['html'].parse_html`` when the label is not a plain name); an
+        arm inside an arm is qualified twice.
+
+        Args:
+            classify: returns the label of an item.
+            arms: label -> :class:`Flow` (its jobs become this flow's jobs; an
+                empty ``Flow()`` passes items through unchanged) or processor (a
+                one-job arm, named after it).
+            default: the label of the arm taking items whose label has no arm.
+            name: the router's name (default: ``classify``'s name).
+            capacity: the router's workers and input queue.
+
+        Raises:
+            TypeError: ``classify`` is not callable, ``arms`` is not a mapping,
+                an arm is neither a Flow nor a processor, or a job option (such
+                as ``ordered=``: order across arms is not kept) is given.
+            ValueError: ``arms`` is empty, ``default`` is not one of its labels,
+                an arm flow has an error job, or ``name`` is taken.
+        """
+        for key in job_options:
+            raise TypeError(
+                f"add_router takes no job option {key}=: a router only picks an arm "
+                "(give options to the arms' jobs; order across arms is not kept)"
+            )
+        if not callable(classify):
+            raise TypeError(f"classify must be callable, got {classify!r}")
+        function = function_of(classify)
+        if inspect.isasyncgenfunction(function):
+            raise TypeError(
+                f"classify must return a label (a plain or async def function), got {classify!r}"
+            )
+        if not isinstance(arms, Mapping):
+            raise TypeError(f"arms must be a mapping of label -> Flow or processor, got {arms!r}")
+        if not arms:
+            raise ValueError("arms must not be empty: give at least one label -> arm")
+        if default is not None and default not in arms:
+            raise ValueError(
+                f"default must be one of the arms' labels {list(arms)!r}, got {default!r}"
+            )
+        router_name = self._name(classify, name)
+        taken = {n for spec in self._jobs for n in _names(spec)} | {router_name}
+        if self._error_job is not None:
+            taken.add(self._error_job.name)
+        built: dict[Any, tuple[JobSpec | RouterSpec, ...]] = {}
+        for label, arm in arms.items():
+            if isinstance(arm, Flow):
+                arm._check_foldable("an arm")
+                specs = list(arm._jobs)
+            else:
+                specs = [Flow().add(arm)._jobs[0]]
+            tag = label if isinstance(label, str) and label.isidentifier() else repr(label)
+            prefix = f"{router_name}[{tag}]."
+            qualified = tuple(_requalify(s, "", prefix) for s in specs)
+            for spec in qualified:
+                for n in _names(spec):
+                    if n in taken:
+                        raise ValueError(f"job name {n!r} is already used in this flow")
+                    taken.add(n)
+            built[label] = qualified
+        self._jobs.append(
+            RouterSpec(
+                name=router_name,
+                classify=classify,
+                is_async=inspect.iscoroutinefunction(function),
+                arms=built,
+                default=default,
+                capacity=_capacity(classify, capacity),
+            )
+        )
+        return self
+
+    def describe(self) -> str:
+        """The flow's shape as text: one line per job, a router's arms indented.
+
+        Example::
+
+            >>> print(flow.describe())  # doctest: +SKIP
+            fetch
+            kind_of (router)
+              ['html'] (default)
+                kind_of[html].parse_html
+              ['pdf']
+                kind_of[pdf].parse_pdf
+            store
+        """
+        lines = _walk(list(self._jobs))
+        if self._error_job is not None:
+            lines.append((0, f"{self._error_job.name} (error job)"))
+        return "\n".join("  " * depth + text for depth, text in lines)
+
+    def _check_foldable(self, what: str) -> None:
+        if self._error_job is not None:
+            raise ValueError(
+                f"a Flow with an error job ({self._error_job.name!r}) cannot be used as {what}: "
+                "a flow has one error job; add it to the outer flow"
+            )
+
+    def _fold(self, other: Flow) -> None:
+        """Fold copies of ``other``'s job definitions in, renaming those already taken."""
+        other._check_foldable("a job")
+        taken = {n for spec in self._specs() for n in _names(spec)}
+        for spec in list(other._jobs):
+            candidate, n = spec, 1
+            while any(x in taken for x in _names(candidate)):
+                n += 1
+                new = f"{spec.name}#{n}"
+                candidate = (
+                    spec.renamed(new)
+                    if isinstance(spec, RouterSpec)
+                    else attrs.evolve(spec, name=new)
+                )
+            taken.update(_names(candidate))
+            self._jobs.append(candidate)
+
     def _spec(
         self,
         processor: Any,
@@ -263,7 +499,7 @@ class Flow:
         return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity), options)
 
     def _name(self, processor: object, name: object) -> str:
-        taken = {spec.name for spec in self._specs()}
+        taken = {n for spec in self._specs() for n in _names(spec)}
         if name is None:
             name = decorated(processor, NAME_ATTR)
         if name is not None:
@@ -278,7 +514,7 @@ class Flow:
             candidate = f"{base}#{n}"
         return candidate
 
-    def _specs(self) -> list[JobSpec]:
+    def _specs(self) -> list[JobSpec | RouterSpec]:
         return [*self._jobs, *([self._error_job] if self._error_job else [])]
 
     def _check_runnable(self) -> None:

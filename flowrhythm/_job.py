@@ -10,7 +10,7 @@ worker has left, which is how end of input travels down the flow in order.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import anyio
 from anyio import BrokenResourceError, EndOfStream, WouldBlock
@@ -26,11 +26,28 @@ from ._processors import ProcessorFactory
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
 from ._timing import RateWindow
-from ._worker import NOTHING, Numbered, Worker, work, work_general, work_ordered
+from ._worker import NOTHING, Numbered, Worker, work, work_general, work_ordered, work_router
 
 if TYPE_CHECKING:
-    from ._flow import JobSpec
+    from ._flow import JobSpec, RouterSpec
     from ._runtime import Run
+
+
+@final
+class Route:
+    """Where a router sends the items of one label (private).
+
+    ``send`` is the arm's input stream (``None``: the outputs are discarded);
+    ``passed`` counts the items sent; ``through`` marks an empty arm whose items
+    are the flow's outputs (counted in ``items_out``).
+    """
+
+    __slots__ = ("passed", "send", "through")
+
+    def __init__(self, send: MemoryObjectSendStream[Any] | None, through: bool) -> None:
+        self.send = send
+        self.passed = 0
+        self.through = through
 
 
 @final
@@ -51,6 +68,7 @@ class Job:
         "receive",
         "reorder",
         "retiring",
+        "routes",
         "run",
         "scales",
         "send",
@@ -62,16 +80,19 @@ class Job:
     def __init__(
         self,
         run: Run,
-        spec: JobSpec,
+        spec: JobSpec | RouterSpec,
         receive: MemoryObjectReceiveStream[Any],
         send: MemoryObjectSendStream[Any] | None,
         errors: MemoryObjectSendStream[ErrorItem] | None,
+        routes: dict[Any, Route] | None = None,
     ) -> None:
         self.run = run
         self.spec = spec
         self.receive = receive  # the job's input queue
         self.send = send
         self.errors = errors
+        # A router's outputs: label -> where that arm's items go (None: a plain job).
+        self.routes = routes
         self.counters = Counters(run.clock)
         self.scales = spec.capacity.scales
         self.workers: dict[Worker, None] = {}  # a set kept in order: same run, same choices
@@ -99,7 +120,7 @@ class Job:
         )
         self.limiter = (
             anyio.CapacityLimiter(max(spec.capacity.initial_workers, 1))
-            if spec.stage.executor is not None
+            if routes is None and cast("JobSpec", spec).stage.executor is not None
             else None
         )
 
@@ -221,7 +242,11 @@ class Job:
 
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
-            stage = self.spec.stage
+            if self.routes is not None:
+                router = cast("RouterSpec", self.spec)
+                await self._work(worker, router.classify, router.is_async, item)
+                return
+            stage = cast("JobSpec", self.spec).stage
             if stage.executor is None and not isinstance(stage.processor, ProcessorFactory):
                 # A plain processor: nothing to open per worker.
                 await self._work(worker, stage.processor, stage.is_generator, item)
@@ -243,23 +268,31 @@ class Job:
     async def _work(
         self, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any
     ) -> None:
-        """Run the worker's loop with the processor it opened, until it leaves."""
-        stage = self.spec.stage
-        fn = wrap(
-            fn,
-            is_gen,
-            self.spec.options,
-            self.counters,
-            limit=self.rate_limit,
-            lock=stage.lock,
-            interruptible=stage.executor is None,
-        )
-        if self.batcher is not None or (self.reorder is not None and is_gen):
-            loop = work_general
-        elif self.reorder is not None:
-            loop = work_ordered
+        """Run the worker's loop with the processor it opened, until it leaves.
+
+        A router's worker runs :func:`work_router` with its ``classify`` as ``fn``
+        (and whether it is ``async def`` as ``is_gen``).
+        """
+        spec = self.spec
+        if self.routes is not None:
+            loop = work_router
         else:
-            loop = work
+            stage = cast("JobSpec", spec).stage
+            fn = wrap(
+                fn,
+                is_gen,
+                spec.options,
+                self.counters,
+                limit=self.rate_limit,
+                lock=stage.lock,
+                interruptible=stage.executor is None,
+            )
+            if self.batcher is not None or (self.reorder is not None and is_gen):
+                loop = work_general
+            elif self.reorder is not None:
+                loop = work_ordered
+            else:
+                loop = work
         try:
             while True:
                 scope = worker.scope
@@ -291,6 +324,10 @@ class Job:
             self._scaler_scope.cancel()
         if self.send is not None:
             self.send.close()
+        if self.routes is not None:
+            for route in self.routes.values():
+                if route.send is not None:
+                    route.send.close()
         if self.errors is not None:
             self.errors.close()
         self.run.job_finished()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
@@ -23,13 +23,25 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import ErrorItem, LastWorkItem
-from ._job import Job
+from ._job import Job, Route
 from ._scaler import ScalingEvent, log_scaling
 from ._stats import FlowStats
 from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
-    from ._flow import JobSpec
+    from ._flow import JobSpec, RouterSpec
+
+
+def _last_queue_length(specs: Sequence[JobSpec | RouterSpec]) -> int:
+    """The queue length of the flow's results: that of its last (plain) job."""
+    spec = specs[-1]
+    while spec.is_router:
+        spec = cast("RouterSpec", spec)
+        arms = [arm for arm in spec.arms.values() if arm]
+        if not arms:
+            return spec.capacity.queue_length
+        spec = arms[0][-1]
+    return spec.capacity.queue_length
 
 
 @final
@@ -38,7 +50,7 @@ class Run:
 
     def __init__(
         self,
-        specs: Sequence[JobSpec],
+        specs: Sequence[JobSpec | RouterSpec],
         error_spec: JobSpec | None,
         *,
         results: bool,
@@ -70,7 +82,9 @@ class Run:
             raise
         self._unfinished = len(self.all_jobs)
 
-    def _build(self, specs: Sequence[JobSpec], error_spec: JobSpec | None, results: bool) -> None:
+    def _build(
+        self, specs: Sequence[JobSpec | RouterSpec], error_spec: JobSpec | None, results: bool
+    ) -> None:
         errors: MemoryObjectSendStream[ErrorItem] | None = None
         self.error_job: Job | None = None
         if error_spec is not None:
@@ -79,22 +93,70 @@ class Run:
 
         self.input, receive = self.new_stream(specs[0].capacity.queue_length)
         self.jobs: list[Job] = []
+        # Where the flow's outputs are counted: the last plain jobs, and the
+        # routes of empty arms at the end of the flow.
+        self.outlets: list[Job] = []
+        self.through: list[Route] = []
+        out = None
+        if results:
+            out, self.results = self.new_stream(_last_queue_length(specs))
+        self._chain(specs, receive, out, errors, terminal=True)
+        if errors is not None:
+            errors.close()  # each job holds its own clone; the last one closes the input
+        self.all_jobs = [*self.jobs, *([self.error_job] if self.error_job else [])]
+
+    def _chain(
+        self,
+        specs: Sequence[JobSpec | RouterSpec],
+        receive: MemoryObjectReceiveStream[Any],
+        out: MemoryObjectSendStream[Any] | None,
+        errors: MemoryObjectSendStream[ErrorItem] | None,
+        *,
+        terminal: bool,
+    ) -> None:
+        """Build the jobs of ``specs``: the first reads ``receive``, the last sends to ``out``.
+
+        ``out`` (``None``: outputs discarded) belongs to this chain: its last job
+        closes it. A router's arms are chains of their own, each sending to a
+        clone of the router's ``out``, so that end of input goes on only once
+        every arm has drained. ``terminal``: the chain's outputs are the flow's.
+        """
         for index, spec in enumerate(specs):
-            send: MemoryObjectSendStream[Any] | None = None
-            next_receive = receive
-            if index + 1 < len(specs):
+            last = index + 1 == len(specs)
+            send: MemoryObjectSendStream[Any] | None
+            if last:
+                send, next_receive = out, receive
+            else:
                 send, next_receive = self.new_stream(specs[index + 1].capacity.queue_length)
-            elif results:
-                send, self.results = self.new_stream(spec.capacity.queue_length)
             job_errors = None
             if errors is not None:
                 job_errors = errors.clone()
                 self._streams.append(job_errors)
-            self.jobs.append(Job(self, spec, receive, send, job_errors))
+            if not spec.is_router:
+                job = Job(self, spec, receive, send, job_errors)
+                self.jobs.append(job)
+                if last and terminal:
+                    self.outlets.append(job)
+            else:
+                spec = cast("RouterSpec", spec)
+                routes: dict[Any, Route] = {}
+                self.jobs.append(Job(self, spec, receive, None, job_errors, routes))
+                for label, arm in spec.arms.items():
+                    arm_out = None
+                    if send is not None:
+                        arm_out = send.clone()
+                        self._streams.append(arm_out)
+                    if not arm:  # passes items through: straight to what follows
+                        routes[label] = route = Route(arm_out, last and terminal)
+                        if route.through:
+                            self.through.append(route)
+                        continue
+                    arm_send, arm_receive = self.new_stream(arm[0].capacity.queue_length)
+                    routes[label] = Route(arm_send, False)
+                    self._chain(arm, arm_receive, arm_out, errors, terminal=last and terminal)
+                if send is not None:
+                    send.close()  # the arms hold clones of it
             receive = next_receive
-        if errors is not None:
-            errors.close()  # each job holds its own clone; the last one closes the input
-        self.all_jobs = [*self.jobs, *([self.error_job] if self.error_job else [])]
 
     def new_stream(
         self, queue_length: int
@@ -249,11 +311,13 @@ class Run:
 
     def snapshot(self) -> FlowStats:
         end = self.ended_at if self.ended_at is not None else self.clock()
-        last = self.jobs[-1].counters
+        items_out = sum(job.counters.outputs for job in self.outlets)
+        for route in self.through:
+            items_out += route.passed
         return FlowStats(
             jobs={job.name: job.snapshot() for job in self.all_jobs},
             items_in=self.items_in,
-            items_out=last.outputs,
+            items_out=items_out,
             elapsed=end - self.started_at,
             done=self.done.is_set(),
         )
@@ -261,7 +325,7 @@ class Run:
 
 @contextlib.asynccontextmanager
 async def open_run(
-    specs: Sequence[JobSpec],
+    specs: Sequence[JobSpec | RouterSpec],
     error_spec: JobSpec | None,
     *,
     source: Iterable[Any] | AsyncIterable[Any] | None = None,
@@ -507,7 +571,7 @@ class FlowResults:
 
 @contextlib.asynccontextmanager
 async def start_run(
-    specs: Sequence[JobSpec],
+    specs: Sequence[JobSpec | RouterSpec],
     error_spec: JobSpec | None,
     on_scale: Callable[[ScalingEvent], object] | None = None,
 ) -> AsyncIterator[RunningFlow]:
@@ -521,7 +585,7 @@ async def start_run(
 
 @contextlib.asynccontextmanager
 async def stream_run(
-    specs: Sequence[JobSpec],
+    specs: Sequence[JobSpec | RouterSpec],
     error_spec: JobSpec | None,
     source: Iterable[Any] | AsyncIterable[Any],
     on_scale: Callable[[ScalingEvent], object] | None = None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import anyio
 from anyio import EndOfStream, WouldBlock
@@ -28,6 +28,7 @@ from ._timing import FIRST_CALLS
 
 if TYPE_CHECKING:
     from ._batch import Batcher
+    from ._flow import RouterSpec
     from ._job import Job
     from ._ordered import Reorder
 
@@ -620,3 +621,98 @@ async def _process(
         counters.completed += weight
         counters.outputs_adjust += 1 - weight
     return True
+
+
+async def work_router(
+    job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
+) -> None:
+    """The worker loop of a router: classify each input and hand it to its arm.
+
+    The steps of :func:`work`, with ``fn`` (the router's classify, awaited when
+    ``is_gen``: it is ``async def``) in place of the processor, and the label's
+    arm in place of the next job: the item itself goes on, with the same
+    non-waiting send first. Kept apart so that plain jobs pay nothing for routing.
+    """
+    classify, is_async = fn, is_gen
+    routes = job.routes
+    assert routes is not None
+    default_label = cast("RouterSpec", job.spec).default
+    default = routes[default_label] if default_label is not None else None
+    counters = job.counters
+    receive_nowait = job.receive.receive_nowait
+    cancelled_exc = anyio.get_cancelled_exc_class()
+    latency = counters.latency
+    clock = counters.timer
+    budget = YIELD_EVERY
+
+    if item is NOTHING:
+        try:
+            item = receive_nowait()
+        except WouldBlock:
+            item = await wait_for_item(job, worker)
+        except EndOfStream:
+            job.input_ended = True
+            return
+        else:
+            counters.received += 1
+        if item is NOTHING:
+            return
+    while True:
+        # -- classify and hand the item to its arm -------------------------------
+        try:
+            timed = not counters.received & latency.mask
+            if timed:
+                started = clock()
+            label = classify(item)
+            if is_async:
+                label = await label
+            if timed:
+                latency.add(clock() - started)
+            route = routes.get(label, default)
+            if route is None:
+                raise LookupError(
+                    f"router {job.name!r} has no arm for the label {label!r} (and no default)"
+                )
+        except StopProcessing:
+            counters.skipped += 1
+        except Exception as exc:  # noqa: BLE001 - every failure is routed
+            await job.fail(item, exc)
+        except cancelled_exc as exc:
+            await _check_cancel(job, exc)
+            raise
+        else:
+            out = route.send
+            if out is not None:
+                try:
+                    out.send_nowait(item)
+                except WouldBlock:
+                    since = counters.enter_blocked()
+                    try:
+                        await out.send(item)
+                    finally:
+                        counters.leave_blocked(since)
+                    budget = YIELD_EVERY
+            route.passed += 1
+            counters.completed += 1
+
+        # -- stay fair -----------------------------------------------------------
+        budget -= 1
+        if not budget:
+            budget = YIELD_EVERY
+            await checkpoint()
+
+        # -- receive the next item: without waiting if one is there ---------------
+        if worker.retiring:
+            return  # asked to leave: this is the safe point after an item
+        try:
+            item = receive_nowait()
+        except WouldBlock:
+            item = await wait_for_item(job, worker)
+            if item is NOTHING:
+                return
+            budget = YIELD_EVERY
+        except EndOfStream:
+            job.input_ended = True
+            return
+        else:
+            counters.received += 1

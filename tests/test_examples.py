@@ -62,7 +62,7 @@ def test_quickstart_runs_as_a_script() -> None:
 
 
 def test_every_example_is_tested_and_linked_from_the_docs() -> None:
-    tested = {"quickstart", "crawl", "api_client", "process_pool", "sqlite_sink"}
+    tested = {"quickstart", "crawl", "api_client", "process_pool", "sqlite_sink", "routed_crawl"}
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
     docs = (ROOT / "docs" / "examples.md").read_text(encoding="utf-8")
     for name in tested - {"quickstart"}:
@@ -86,6 +86,36 @@ async def test_crawl(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(crawl.database) + failed == 300
     assert stats.jobs["store"].completed == len(crawl.database)
     assert capsys.readouterr().out.startswith("crawled 300 URLs")
+
+
+# -- the routed crawl ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_routed_crawl_runs_as_a_script(backend: str) -> None:
+    lines = run_script(EXAMPLES / "routed_crawl.py", backend).splitlines()
+    assert lines[:7] == [
+        "fetch",
+        "route (router)",
+        "  ['html']",
+        "    route[html].parse_html",
+        "  ['pdf']",
+        "    route[pdf].ocr",
+        "    route[pdf].parse_pdf",
+    ]
+    assert lines[-1] == "crawled 500 URLs: 400 HTML pages and 98 PDFs stored, 2 failed"
+
+
+async def test_routed_crawl_sends_each_kind_to_its_arm(capsys: pytest.CaptureFixture[str]) -> None:
+    stats, crawl = await load(EXAMPLES / "routed_crawl.py").main(pages=100)
+    assert stats.jobs["route[html].parse_html"].received == 80
+    assert stats.jobs["route[pdf].ocr"].received == 20
+    assert all(url.endswith(".pdf") for url in crawl.stored if "scanned" in crawl.stored[url])
+    assert len(crawl.stored) + sum(crawl.failures.values()) == 100
+    assert set(crawl.failures) <= {"route[pdf].ocr: DamagedScan"}
+    for job in stats.jobs.values():
+        assert job.received == job.completed + job.skipped + job.errored
+    assert capsys.readouterr().out.rstrip().endswith("failed")
 
 
 # -- the HTTP API client -------------------------------------------------------------------
