@@ -5,7 +5,8 @@ only a source and a consumer can do: the **source raises mid-way**, the run is *
 from another task** than the one reading the results (a cancel scope around the block,
 cancelled there), and the middle job rests at
 ``min_workers=0`` with a **slow ProcessorFactory** (each worker's factory opens only when a
-rule lets it), so items wait on a job that is waking up.
+rule lets it), so items wait on a job that is waking up; and the consumer **leaves through
+its results** (``aclose()`` or ``stop()`` on them, from another task).
 
 The flow: source -> A (2 workers, holds every item until a rule releases it with an
 outcome: ok / fail / skip) -> B (0..2 workers, a slow factory, identity) -> results, and an
@@ -228,6 +229,27 @@ class StreamMachine(RuleBasedStateMachine):
         self.stopped = True
         if not was_over:
             assert self.failure is None, self.failure  # stop(): the block ends quietly
+        self.check_ended()
+
+    @precondition(lambda self: not self.stopped)
+    @rule(how=st.sampled_from(["aclose", "stop"]))
+    def leave_through_the_results(self, how: str) -> None:
+        """Close the results (``await results.aclose()``) or ``results.stop()``, from another task.
+
+        Either is leaving early: the run is cancelled and the block ends quietly — no
+        failure, and no item goes to the error job that its processor did not fail.
+        """
+        results = self.results
+        was_over = self.over
+        if how == "aclose":
+            self.portal.call(results.aclose)
+        else:
+            self.portal.call(results.stop)
+        self.block.result(timeout=HANG_GUARD)
+        self.stopped = True
+        if not was_over and not self.source_raised:
+            assert self.failure is None, self.failure
+        self.outputs_are_sound()
         self.check_ended()
 
     @rule()
