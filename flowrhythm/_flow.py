@@ -15,6 +15,7 @@ from typing import Any, final
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from ._adaptive import Adaptive
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._monitor import monitor
@@ -98,6 +99,7 @@ class Flow:
         timeout: float | None = None,
         max_per_second: float | None = None,
         batch: Batch | None = None,
+        concurrency: Adaptive | None = None,
     ) -> Flow:
         """Append a job fed by the previous one; return the flow (calls chain).
 
@@ -126,6 +128,10 @@ class Flow:
             max_per_second: start at most this many calls per second, however
                 many workers the job has (per run).
             batch: a :class:`Batch`: the processor receives lists of items.
+            concurrency: an :class:`Adaptive` limit on calls in flight, shared
+                by every job and flow it is given to: each call attempt holds
+                one slot (a worker waiting for one is blocked), and the limit
+                follows the remote service's capacity (see :class:`Overloaded`).
 
         Raises:
             TypeError: ``processor`` is not an async callable (a synchronous
@@ -141,6 +147,7 @@ class Flow:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
         self._jobs.append(self._spec(processor, capacity, name, None, executor, options))
         return self
@@ -161,6 +168,7 @@ class Flow:
         timeout: float | None = None,
         max_per_second: float | None = None,
         batch: Batch | None = None,
+        concurrency: Adaptive | None = None,
     ) -> Flow:
         """Append a job whose every call runs inside ``async with resource_manager:``.
 
@@ -180,6 +188,7 @@ class Flow:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
         self._jobs.append(
             self._spec(processor, capacity, name, resource_manager, executor, options)
@@ -198,6 +207,7 @@ class Flow:
         timeout: float | None = None,
         max_per_second: float | None = None,
         batch: Batch | None = None,
+        concurrency: Adaptive | None = None,
     ) -> Flow:
         """Set the job that receives an :class:`ErrorItem` for every failed item.
 
@@ -215,6 +225,7 @@ class Flow:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
         self._error_job = self._spec(processor, capacity, name, None, executor, options)
         return self

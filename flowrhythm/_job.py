@@ -17,6 +17,7 @@ from anyio import EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._adaptive import JobSlots
 from ._batch import Batcher
 from ._errors import ErrorItem
 from ._options import Exhausted, RateLimit, wrap
@@ -52,6 +53,7 @@ class Job:
         "scaler_scope",
         "scales",
         "send",
+        "slots",
         "spec",
         "task_group",
         "workers",
@@ -94,6 +96,11 @@ class Job:
         self.limiter = (
             anyio.CapacityLimiter(max(spec.capacity.initial_workers, 1))
             if spec.stage.executor is not None
+            else None
+        )
+        self.slots = (
+            JobSlots(options.concurrency, self.counters)
+            if options.concurrency is not None
             else None
         )
 
@@ -212,6 +219,7 @@ class Job:
                     limit=self.rate_limit,
                     lock=stage.lock,
                     interruptible=stage.executor is None or isinstance(stage.executor, Executor),
+                    slots=self.slots,
                 )
                 loop = work if options.batch is None and not options.ordered else work_general
                 try:
@@ -331,4 +339,6 @@ class Job:
             p95=p95,
             p99=p99,
             error_job=self is self.run.error_job,
+            concurrency_limit=self.slots.adaptive.limit if self.slots is not None else None,
+            overloaded=c.overloaded,
         )

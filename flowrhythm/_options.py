@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import attrs
 
+from ._adaptive import Adaptive, Held, JobSlots, back_off, retry_wait
 from ._errors import RouteToErrorQueue, StopProcessing
 from ._validate import check_number, count, number
 
@@ -111,6 +112,7 @@ class JobOptions:
     timeout: float | None = None
     max_per_second: float | None = None
     batch: Batch | None = None
+    concurrency: Adaptive | None = None
 
     @classmethod
     def build(
@@ -121,6 +123,7 @@ class JobOptions:
         timeout: object = None,
         max_per_second: object = None,
         batch: object = None,
+        concurrency: object = None,
     ) -> JobOptions:
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be a bool, got {ordered!r}")
@@ -128,6 +131,8 @@ class JobOptions:
             raise TypeError(f"retry must be a Retry, got {retry!r}")
         if batch is not None and not isinstance(batch, Batch):
             raise TypeError(f"batch must be a Batch, got {batch!r}")
+        if concurrency is not None and not isinstance(concurrency, Adaptive):
+            raise TypeError(f"concurrency must be an Adaptive, got {concurrency!r}")
         if timeout is not None:
             timeout = check_number("timeout", timeout, low=0.0, low_open=True)
         if max_per_second is not None:
@@ -138,13 +143,17 @@ class JobOptions:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
 
     @property
     def wraps_calls(self) -> bool:
-        """Whether ``retry``, ``timeout`` or ``max_per_second`` wrap each call."""
+        """Whether ``retry``, ``timeout``, ``max_per_second`` or ``concurrency`` wrap each call."""
         return (
-            self.retry is not None or self.timeout is not None or self.max_per_second is not None
+            self.retry is not None
+            or self.timeout is not None
+            or self.max_per_second is not None
+            or self.concurrency is not None
         )
 
 
@@ -221,14 +230,17 @@ def wrap(
     limit: RateLimit | None = None,
     lock: AbstractAsyncContextManager[Any] | None = None,
     interruptible: bool = True,
+    slots: JobSlots | None = None,
 ) -> Callable[[Any], Any]:
     """The processor a worker calls, from the outside in::
 
-        retry -> rate limit -> resource manager -> timeout -> processor
+        retry -> rate limit -> resource manager -> concurrency slot -> timeout -> processor
 
     ``limit`` is the job's rate limit in this run, shared by all its workers;
     ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either
-    counts as blocked and not against the timeout. ``interruptible`` is false
+    counts as blocked and not against the timeout; so does waiting for a slot
+    of ``slots``, the job's ``concurrency=`` limit, which each attempt holds
+    (for a generator, until it ends). ``interruptible`` is false
     for calls running in threads or processes, which cannot be cancelled: their
     timeout is checked when they return.
     """
@@ -237,8 +249,8 @@ def wrap(
     if not options.wraps_calls and lock is None:
         return fn
     if is_gen:
-        return _wrap_gen(fn, options, counters, limit, lock)
-    return _wrap_call(fn, options, counters, limit, lock, interruptible)
+        return _wrap_gen(fn, options, counters, limit, lock, slots)
+    return _wrap_call(fn, options, counters, limit, lock, interruptible, slots)
 
 
 def _final(exc: Exception, attempt: int) -> Exception:
@@ -255,6 +267,7 @@ def _wrap_call(
     limit: RateLimit | None,
     lock: AbstractAsyncContextManager[Any] | None,
     interruptible: bool,
+    slots: JobSlots | None = None,
 ) -> Callable[[Any], Any]:
     timeout = options.timeout
     retry = options.retry
@@ -274,13 +287,15 @@ def _wrap_call(
             raise TimeoutError(f"the call took longer than {timeout:g}s")
         return result
 
+    call = timed if slots is None else slots.around(timed)
+
     async def once(item: Any) -> Any:
         if limit is not None:
             await limit.acquire()
         if lock is None:
-            return await timed(item)
+            return await call(item)
         async with lock:
-            return await timed(item)
+            return await call(item)
 
     if retry is None:
         return once
@@ -296,7 +311,8 @@ def _wrap_call(
                     if final is exc:
                         raise
                     raise final from exc
-            await anyio.sleep(retry.wait(attempt - 1))
+                wait = retry_wait(retry, attempt, exc)
+            await back_off(counters, wait)
             counters.retried += 1
             attempt += 1
 
@@ -309,6 +325,7 @@ def _wrap_gen(
     counters: Counters,
     limit: RateLimit | None,
     lock: AbstractAsyncContextManager[Any] | None,
+    slots: JobSlots | None = None,
 ) -> Callable[[Any], Any]:
     timeout = options.timeout
     retry = options.retry
@@ -324,18 +341,25 @@ def _wrap_gen(
         while True:
             if limit is not None:
                 await limit.acquire()
-            # the resource manager is held for the whole generator
-            async with lock or contextlib.nullcontext(), contextlib.aclosing(fn(item)) as agen:
+            # the resource manager and the concurrency slot are held for the whole generator
+            async with (
+                lock or contextlib.nullcontext(),
+                slots.hold() if slots is not None else contextlib.nullcontext(Held()) as held,
+                contextlib.aclosing(fn(item)) as agen,
+            ):
                 try:
                     first = await step(agen)
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
+                    held.report(exc)
                     if retry is None or attempt >= retry.attempts or not retry.retries(exc):
                         final = _final(exc, attempt)
                         if final is exc:
                             raise
                         raise final from exc
+                    assert retry is not None
+                    wait = retry_wait(retry, attempt, exc)
                 else:
                     # past the first yield: never retried, never duplicated
                     yield first
@@ -351,7 +375,7 @@ def _wrap_gen(
                             raise final from exc
                         yield value
             assert retry is not None
-            await anyio.sleep(retry.wait(attempt - 1))
+            await back_off(counters, wait)
             counters.retried += 1
             attempt += 1
 

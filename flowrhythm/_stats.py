@@ -29,6 +29,7 @@ class Counters:
     """
 
     __slots__ = (
+        "backing_off",
         "blocked",
         "blocked_seconds",
         "blocked_since",
@@ -40,6 +41,7 @@ class Counters:
         "idle_since",
         "latency",
         "outputs_adjust",
+        "overloaded",
         "received",
         "retried",
         "scale_downs",
@@ -73,6 +75,8 @@ class Counters:
         self.blocked_seconds = 0.0
         self.blocked_since = 0.0
         self.latency = Timings()  # processing times of sampled items
+        self.overloaded = 0  # attempts that raised Overloaded
+        self.backing_off = 0  # workers waiting out a retry's back-off
 
     @property
     def outputs(self) -> int:
@@ -157,6 +161,9 @@ class JobStats:
         p95: the 95th percentile of the processing time, likewise.
         p99: the 99th percentile of the processing time, likewise.
         error_job: whether this is the flow's error job.
+        concurrency_limit: the current limit of the job's ``concurrency=``
+            (an :class:`Adaptive`), or ``None`` without one.
+        overloaded: attempts that raised :class:`Overloaded`.
 
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
@@ -188,6 +195,8 @@ class JobStats:
     p95: float | None = None
     p99: float | None = None
     error_job: bool = False
+    concurrency_limit: int | None = None
+    overloaded: int = 0
 
     @property
     def utilization(self) -> float:
