@@ -142,6 +142,9 @@ class Controller:
         else:
             per_round, reason = self.probe, "probe"
         self.limit = min(limit + per_round / limit, ceiling)
+        if reason == "increase" and self.limit >= peak:  # type: ignore[operator]
+            self.acked = 0.0  # landed: the probing rounds start now
+            return reason
         self.acked += 1.0
         if self.acked >= limit:  # one round of calls ended
             self.acked = 0.0
@@ -424,11 +427,9 @@ def retry_wait(retry: Retry, attempt: int, exc: BaseException) -> float:
 
 
 async def back_off(counters: Counters, seconds: float) -> None:
-    """Wait before a retry, counted as blocked: more workers would not help."""
-    since = counters.enter_blocked()
+    """Wait before a retry; the workers doing so are counted for the scaler's cap."""
     counters.backing_off += 1
     try:
         await anyio.sleep(seconds)
     finally:
         counters.backing_off -= 1
-        counters.leave_blocked(since)
