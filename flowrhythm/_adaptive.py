@@ -36,7 +36,13 @@ made familiar, with BIC's search for the point of the last loss:
   search in the manner of BIC TCP) and lands on it. Above it, the step per
   round starts at a quarter of a slot and doubles each round (capped at half
   the limit): the limit dwells a few rounds where the service was happy, yet
-  finds a service that got faster in a few more.
+  finds a service that got faster in a few more. Each time the service
+  refuses again at the same limit, the first step halves (down to 1/32 of a
+  slot): a limit that has found the capacity tests it ever more rarely.
+- *Slower*: the limit does not grow while the recent calls (smoothed over a
+  few) take more than twice as long as usual (averaged over a thousand), as
+  Netflix's Gradient2 compares a short and a long average: a service that
+  queues calls instead of refusing them is not pushed further.
 - *In use*: the limit grows only while at least half of it is in use, and never
   past twice the calls in flight; a job whose source is slower than the
   service does not inflate a limit it cannot test.
@@ -72,6 +78,15 @@ CLOSE: Final = 1.0
 #: Slots per round at first above the last good limit (doubling each round).
 PROBE: Final = 0.25
 
+#: How many calls the usual duration of a call is averaged over.
+LONG: Final = 1000
+
+#: Calls this many times slower than usual (smoothed) stop the limit from growing.
+SLOWER: Final = 2.0
+
+#: The least first step of probing, after many refusals at the same limit.
+PROBE_LEAST: Final = 1 / 32
+
 #: How many limit changes an :class:`Adaptive` remembers.
 HISTORY: Final = 1000
 
@@ -99,7 +114,10 @@ class Controller:
         "low",
         "peak",
         "probe",
+        "probe_start",
         "rtt",
+        "rtt_long",
+        "samples",
         "slow_start",
     )
 
@@ -112,8 +130,11 @@ class Controller:
         self.slow_start = True
         self.peak: float | None = None  # the last limit known good: just below the last cut
         self.probe = PROBE  # slots per round above the peak
+        self.probe_start = PROBE  # the first of those steps after a cut
         self.acked = 0.0  # clean completions in the current round
         self.rtt: float | None = None  # smoothed duration of clean calls
+        self.rtt_long = 0.0  # the same, averaged over many more calls
+        self.samples = 0  # clean calls timed
         self.cut_at = -math.inf
 
     @property
@@ -126,9 +147,14 @@ class Controller:
         ``duration`` is how long it took. Returns why the limit grew, or ``None``.
         """
         rtt = self.rtt
-        self.rtt = duration if rtt is None else rtt + (duration - rtt) / 8.0
+        rtt = self.rtt = duration if rtt is None else rtt + (duration - rtt) / 8.0
+        self.samples += 1
+        long = self.rtt_long
+        long = self.rtt_long = long + (duration - long) / min(self.samples, LONG)
         if epoch != self.epoch:
             return None  # started before the last cut: says nothing about the new limit
+        if rtt > SLOWER * long:
+            return None  # calls are getting slower: the service is queueing them
         limit = self.limit
         ceiling = min(2.0 * in_flight, float(self.high))
         if limit >= ceiling:
@@ -167,12 +193,21 @@ class Controller:
             self.limit = min(limit, max(float(in_flight - 1), float(self.low)))
             return self.limit < limit
         self.cut_at = now
-        limit = self.limit
-        self.peak = max(limit - 1.0, float(self.low))
-        self.limit = max(limit * self.backoff, float(self.low))
+        # The level the service refused is the calls out, which may be fewer than
+        # the limit (refused calls come back fast and leave slots unused).
+        level = min(self.limit, float(in_flight))
+        peak = max(level - 1.0, float(self.low))
+        if self.peak is not None and abs(peak - self.peak) < 1.0:
+            # Refused where it was refused last time: that is the capacity; probe
+            # past it more slowly (and so more rarely) each time.
+            self.probe_start = max(self.probe_start / 2.0, PROBE_LEAST)
+        else:
+            self.probe_start = PROBE
+        self.peak = peak
+        self.limit = max(level * self.backoff, float(self.low))
         self.slow_start = False
         self.epoch += 1
-        self.probe = PROBE
+        self.probe = self.probe_start
         self.acked = 0.0
         return True
 

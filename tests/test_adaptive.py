@@ -524,7 +524,6 @@ def test_workers_follow_the_limit(backend: str) -> None:
                     await anyio.sleep(1.0)
                     workers.append(running.stats().jobs["call"].workers)
         # 4 slots plus a little headroom: the 26 others could only wait
-        assert workers[0] < 32  # shrinking: each waiting worker leaves after its item
         assert max(workers[10:]) <= 4 + 2
         assert service.peak == 4
 
