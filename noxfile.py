@@ -110,7 +110,7 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "-b", "doctest", "docs", "docs/_build/doctest")
 
 
-BENCHMARKS = ["hop", "accounting", "scaling", "options", "offload", "memory"]
+BENCHMARKS = ["hop", "accounting", "scaling", "options", "offload", "memory", "adaptive"]
 
 
 @nox.session

@@ -312,7 +312,7 @@ class Adaptive:
 
     @property
     def limit(self) -> int:
-        """The current limit: how many calls may be in flight."""
+        """How many calls may be in flight now (the current limit)."""
         return self._controller.slots
 
     @property
@@ -322,7 +322,7 @@ class Adaptive:
 
     @property
     def changes(self) -> list[LimitChange]:
-        """The latest changes of the limit (up to 1,000), oldest first."""
+        """The latest changes of the limit (up to 1,000), oldest first, as :class:`LimitChange`."""
         return list(self._changes)
 
     # -- slots -------------------------------------------------------------------
