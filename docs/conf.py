@@ -116,6 +116,8 @@ nitpick_ignore = [
     for name, value in vars(module).items()
     if isinstance(value, TypeVar | ParamSpec | TypeVarTuple)
 ]
+# flowrhythm.testing.run_virtual's type variables (a ``*Ts`` shows unqualified).
+nitpick_ignore += [("py:class", "flowrhythm.testing.T"), ("py:class", "Ts")]
 
 
 # 2. autodoc reads the source of ``__module__`` -- now flowrhythm/__init__.py --

@@ -74,7 +74,7 @@ class Job:
         self.errors = errors
         self.counters = Counters(anyio.current_time)
         self.scales = spec.capacity.scales
-        self.workers: set[Worker] = set()
+        self.workers: dict[Worker, None] = {}  # a set kept in order: same run, same choices
         self.retiring = 0  # live workers asked to leave
         self.doorman = False
         self.input_ended = False
@@ -133,7 +133,7 @@ class Job:
         """
         assert self.task_group is not None
         worker = Worker()
-        self.workers.add(worker)
+        self.workers[worker] = None
         self.counters.add_workers(1)
         self._size_limiter()
         self.task_group.start_soon(self._worker_task, worker, item, name=f"flowrhythm {self.name}")
@@ -236,7 +236,7 @@ class Job:
                 finally:
                     worker.leaving = True
         finally:
-            self.workers.discard(worker)
+            self.workers.pop(worker, None)
             if worker.retiring:
                 self.retiring -= 1
             self.counters.add_workers(-1)

@@ -30,6 +30,7 @@ import anyio.lowlevel
 import anyio.to_process
 import anyio.to_thread
 
+from ._timing import refuse_offload_in_virtual_time
 from ._validate import function_of
 
 #: What ``executor=`` accepts besides an Executor instance.
@@ -109,6 +110,7 @@ def offloaded(
     fn: Callable[[Any], Any], executor: ExecutorSpec, limiter: anyio.CapacityLimiter
 ) -> Callable[[Any], Any]:
     """The async processor that runs ``fn`` through ``executor``."""
+    refuse_offload_in_virtual_time()
     if executor == "thread":
 
         async def in_thread(item: Any) -> Any:

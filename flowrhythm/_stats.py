@@ -14,7 +14,7 @@ from typing import final
 import attrs
 
 from ._report import bottleneck, report
-from ._timing import Timings
+from ._timing import Timings, call_timer
 
 
 @final
@@ -47,6 +47,7 @@ class Counters:
         "scale_downs",
         "scale_ups",
         "skipped",
+        "timer",
         "worker_seconds",
         "workers",
         "workers_since",
@@ -54,6 +55,7 @@ class Counters:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
+        self.timer = call_timer()  # times calls: the loop's clock, or one in step with it
         self.workers = 0  # live worker tasks
         self.idle = 0  # workers waiting for input
         self.blocked = 0  # workers waiting to hand on a result, or for the resource manager

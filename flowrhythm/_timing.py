@@ -1,17 +1,40 @@
 """Cheap timing statistics: recent processing times and a recent-rate window.
 
 The worker loop times every slow item and one fast item in :data:`SAMPLE_EVERY`
-with :func:`time.perf_counter` and stores the duration in a fixed-size ring
-(:class:`Timings`), which costs a few nanoseconds per item on average and
-never grows; percentiles are computed from the ring only when a snapshot asks.
-Processing times are wall-clock times, even under a mock event-loop clock.
+with the event loop's clock (see :func:`call_timer`) and stores the duration in a fixed-size ring (:class:`Timings`), which
+costs a few nanoseconds per item on average and never grows; percentiles are
+computed from the ring only when a snapshot asks. Processing times follow the
+loop's clock, so they are right in virtual time too
+(:func:`flowrhythm.testing.run_virtual`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
+from time import perf_counter
 from typing import Final, final
+
+import anyio
+
+#: Set by :func:`flowrhythm.testing.run_virtual` for the tasks it runs.
+VIRTUAL_TIME: Final[ContextVar[bool]] = ContextVar("flowrhythm_virtual_time", default=False)
+
+
+def refuse_offload_in_virtual_time() -> None:
+    """Raise if the current task runs under a virtual clock: offloaded calls run in real time.
+
+    Raises:
+        RuntimeError: under :func:`flowrhythm.testing.run_virtual`.
+    """
+    if VIRTUAL_TIME.get():
+        raise RuntimeError(
+            "a job with executor= cannot run under flowrhythm.testing.run_virtual: "
+            "threads and processes run in real time, which the virtual clock cannot "
+            "follow; test the offloaded function on its own, or run the flow with anyio.run"
+        )
 
 #: One fast item in this many is timed (a power of two: the loop tests ``n & mask``).
 SAMPLE_EVERY: Final = 32
@@ -20,6 +43,22 @@ SAMPLE_MASK: Final = SAMPLE_EVERY - 1
 SLOW: Final = 100e-6
 #: How many recent timings a job keeps (a power of two).
 KEEP: Final = 1024
+
+
+def call_timer() -> Callable[[], float]:
+    """The clock that times calls: the event loop's, read as cheaply as possible.
+
+    :func:`anyio.current_time` costs about a microsecond; :func:`time.perf_counter`
+    a tenth of that, and it runs at the same rate as a real event-loop clock. So
+    the timer is :func:`~time.perf_counter` when the loop's clock is seen to move
+    in real time, and the loop's clock itself when it is virtual (it stands
+    still while a task runs) or too coarse to tell: durations are then measured
+    in the loop's time, as everything else is. Chosen once per job.
+    """
+    if VIRTUAL_TIME.get():
+        return anyio.current_time
+    before = anyio.current_time()
+    return perf_counter if anyio.current_time() > before else anyio.current_time
 
 
 @final

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -145,6 +144,7 @@ async def work(
     cancelled_exc = anyio.get_cancelled_exc_class()
     last = LastWorkItem
     latency = counters.latency
+    clock = counters.timer  # in step with the event loop's clock, virtual or real
     budget = YIELD_EVERY
 
     if item is NOTHING:
@@ -165,17 +165,17 @@ async def work(
             if counters.received & latency.mask:
                 await _process(job, fn, True, item, 1, None)
             else:
-                started = perf_counter()
+                started = clock()
                 await _process(job, fn, True, item, 1, None)
-                latency.add(perf_counter() - started)
+                latency.add(clock() - started)
         else:
             try:
                 if counters.received & latency.mask:
                     result = await fn(item)
                 else:  # timed: see flowrhythm._timing.Timings
-                    started = perf_counter()
+                    started = clock()
                     result = await fn(item)
-                    latency.add(perf_counter() - started)
+                    latency.add(clock() - started)
             except StopProcessing:
                 counters.skipped += 1
             except Exception as exc:  # noqa: BLE001 - every failure is routed
@@ -263,9 +263,9 @@ async def work_general(
         if counters.ended & counters.latency.mask:
             ok = await _process(job, fn, is_gen, item, weight, outputs)
         else:
-            started = perf_counter()
+            started = counters.timer()
             ok = await _process(job, fn, is_gen, item, weight, outputs)
-            counters.latency.add(perf_counter() - started)
+            counters.latency.add(counters.timer() - started)
         if reorder is not None:
             assert outputs is not None
             await reorder.release(seq, outputs, weight if ok else 0, job.forward)

@@ -67,3 +67,11 @@ def test_error_item_carries_its_fields() -> None:
     assert error.item == 41
     assert error.exception is exc
     assert error.job == "parse"
+
+
+def test_the_testing_submodule_is_public() -> None:
+    import flowrhythm.testing
+
+    assert flowrhythm.testing.__all__ == ["run_virtual"]
+    assert callable(flowrhythm.testing.run_virtual)
+    assert flowrhythm.testing.run_virtual.__module__ == "flowrhythm.testing"
