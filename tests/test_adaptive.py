@@ -19,16 +19,14 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
 import hypothesis
 import pytest
-import trio
 from _support import HANG_GUARD, running_tasks, wait_until
 from hypothesis import strategies as st
-from trio.testing import MockClock
 
 from flowrhythm import (
     Adaptive,
@@ -40,20 +38,22 @@ from flowrhythm import (
     Retry,
     UtilizationCapacity,
 )
+from flowrhythm.testing import run_virtual
 
 T = TypeVar("T")
 
+Backend = Literal["asyncio", "trio"]
+
 #: The backends the virtual-time scenarios run on.
-VIRTUAL_BACKENDS = ["trio"]
+VIRTUAL_BACKENDS: list[Backend] = ["asyncio", "trio"]
 
 #: Retry overloaded calls for as long as a scenario lasts.
 PATIENT = Retry(attempts=10_000, backoff=0.05, max_backoff=1.0)
 
 
-def virtual(fn: Callable[[], Awaitable[T]], backend: str) -> T:
+def virtual(fn: Callable[[], Awaitable[T]], backend: Backend) -> T:
     """Run ``fn()`` in virtual time: sleeps take no real time, the clock jumps."""
-    assert backend == "trio"
-    return trio.run(fn, clock=MockClock(autojump_threshold=0))
+    return run_virtual(fn, backend=backend)
 
 
 def fixed(workers: int) -> Capacity:
@@ -146,7 +146,7 @@ def served_per_second(samples: list[Sample], start: float, end: float) -> float:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_the_limit_finds_the_capacity(backend: str) -> None:
+def test_the_limit_finds_the_capacity(backend: Backend) -> None:
     capacity, latency = 32, 1.0
 
     async def main() -> None:
@@ -175,7 +175,7 @@ def test_the_limit_finds_the_capacity(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_the_limit_follows_a_capacity_that_changes(backend: str) -> None:
+def test_the_limit_follows_a_capacity_that_changes(backend: Backend) -> None:
     latency = 1.0
     steps = {40.0: 8, 80.0: 64}
 
@@ -231,7 +231,7 @@ class TokenBucket:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_a_token_bucket_is_kept_busy(backend: str) -> None:
+def test_a_token_bucket_is_kept_busy(backend: Backend) -> None:
     rate, latency = 50.0, 0.5
 
     async def main() -> None:
@@ -248,7 +248,7 @@ def test_a_token_bucket_is_kept_busy(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_a_long_retry_after_never_freezes_the_limit(backend: str) -> None:
+def test_a_long_retry_after_never_freezes_the_limit(backend: Backend) -> None:
     # Every call is answered after 2 s with "429, Retry-After: 90" until t=300 s:
     # a 429 every 2 s or so, each with a hint far longer than the gap between them.
     until = 300.0
@@ -295,7 +295,7 @@ def test_a_long_retry_after_never_freezes_the_limit(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_a_limit_the_job_does_not_use_does_not_grow(backend: str) -> None:
+def test_a_limit_the_job_does_not_use_does_not_grow(backend: Backend) -> None:
     latency = 1.0
 
     async def main() -> None:
@@ -317,7 +317,7 @@ def test_a_limit_the_job_does_not_use_does_not_grow(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_one_adaptive_is_one_limit_for_several_jobs_and_flows(backend: str) -> None:
+def test_one_adaptive_is_one_limit_for_several_jobs_and_flows(backend: Backend) -> None:
     async def main() -> None:
         api = Adaptive(min=1, initial=6, max=6)
         service = Service(1000, 1.0, adaptive=api)
@@ -346,7 +346,7 @@ def test_one_adaptive_is_one_limit_for_several_jobs_and_flows(backend: str) -> N
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_retry_after_delays_the_next_attempt_holding_no_slot(backend: str) -> None:
+def test_retry_after_delays_the_next_attempt_holding_no_slot(backend: Backend) -> None:
     async def main() -> None:
         api = Adaptive(min=1, initial=1, max=1)
         times: list[float] = []
@@ -376,7 +376,7 @@ def test_retry_after_delays_the_next_attempt_holding_no_slot(backend: str) -> No
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_a_timeout_cuts_the_limit(backend: str) -> None:
+def test_a_timeout_cuts_the_limit(backend: Backend) -> None:
     async def main() -> None:
         api = Adaptive(min=1, initial=10, max=10)
         slow = True
@@ -502,7 +502,7 @@ async def test_a_generator_holds_its_slot_until_it_ends() -> None:
 
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
-def test_workers_follow_the_limit(backend: str) -> None:
+def test_workers_follow_the_limit(backend: Backend) -> None:
     async def main() -> None:
         api = Adaptive(min=1, initial=4, max=4)
         capacity = UtilizationCapacity(
@@ -553,7 +553,7 @@ def test_one_adaptive_serves_runs_in_different_event_loops_one_after_another() -
 
 @pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_limit_changes_are_recorded_and_logged(
-    backend: str, caplog: pytest.LogCaptureFixture
+    backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
         api = Adaptive(min=1, initial=2, max=64, name="api")
@@ -585,6 +585,7 @@ def test_limit_changes_are_recorded_and_logged(
     failing=st.frozensets(st.integers(0, 59), max_size=5),
     cancel_at=st.none() | st.floats(0.0, 20.0),
     seed=st.integers(0, 1000),
+    backend=st.sampled_from(VIRTUAL_BACKENDS),
 )
 def test_in_flight_never_passes_the_limit_and_nothing_is_lost(
     capacity: int,
@@ -594,6 +595,7 @@ def test_in_flight_never_passes_the_limit_and_nothing_is_lost(
     failing: frozenset[int],
     cancel_at: float | None,
     seed: int,
+    backend: Backend,
 ) -> None:
     api = Adaptive(min=1, initial=min(initial, 8), max=8)
     service = Service(capacity, 1.0, jitter=0.9, rng=random.Random(seed), adaptive=api)
@@ -624,7 +626,7 @@ def test_in_flight_never_passes_the_limit_and_nothing_is_lost(
             await flow.run(range(items))
         assert running_tasks() == before
 
-    trio.run(main, clock=MockClock(autojump_threshold=0))
+    virtual(main, backend)
     assert service.over_limit == 0
     assert api.in_flight == 0
     assert not api._waiters
