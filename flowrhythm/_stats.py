@@ -165,7 +165,8 @@ class JobStats:
         error_job: whether this is the flow's error job.
         concurrency_limit: the current limit of the job's ``concurrency=``
             (an :class:`Adaptive`), or ``None`` without one.
-        overloaded: attempts that raised :class:`Overloaded`.
+        overloaded: attempts that raised :class:`Overloaded` while holding a
+            slot of the job's ``concurrency=`` limit (0 without one).
 
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
