@@ -157,3 +157,40 @@ def test_the_limit_stays_within_its_bounds(
         assert low <= c.slots <= high
         assert low <= c.limit <= high
         assert math.isfinite(c.limit)
+
+
+def test_a_cut_starts_from_the_calls_out_not_an_unused_limit() -> None:
+    c = Controller(1, 40, 1000)
+    assert c.overloaded(c.epoch, 20, now=0.0)  # refused with 20 calls out
+    assert c.limit == pytest.approx(20 * BACKOFF)
+    assert c.peak == 19
+
+
+def test_calls_getting_slower_stop_the_limit_from_growing() -> None:
+    c = Controller(1, 10, 1000)
+    c.slow_start = False
+    c.overloaded(c.epoch, 10, now=0.0)
+    for _ in range(200):
+        c.completed(c.epoch, 10, 1.0)  # the usual duration: 1 s
+    grown = c.limit
+    assert grown > 10
+    reasons = [c.completed(c.epoch, 10, 4.0) for _ in range(40)]  # now 4 s each
+    assert reasons[-1] is None
+    assert reasons.count(None) >= 30
+    assert c.limit - grown < 1
+
+
+def test_refusals_at_the_same_level_make_probing_slower() -> None:
+    c = Controller(1, 17, 1000)
+    c.slow_start = False
+    starts = []
+    for step in range(8):
+        c.overloaded(c.epoch, 17, now=float(step * 100))
+        starts.append(c.probe)
+        c.limit = 17.0  # as if it had climbed back to the same level
+    assert starts[0] == 0.25
+    assert starts[1:4] == [0.125, 0.0625, 0.03125]
+    assert min(starts) == pytest.approx(1 / 32)
+    c.limit = 40.0
+    c.overloaded(c.epoch, 40, now=1000.0)  # refused somewhere else: start over
+    assert c.probe == 0.25
