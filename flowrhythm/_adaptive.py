@@ -19,10 +19,11 @@ made familiar, with BIC's search for the point of the last loss:
 
 - *Slow start*: until the first overload, every clean completion adds one slot,
   so the limit doubles with each round of calls.
-- *Cut*: an :class:`Overloaded` (or a :class:`TimeoutError`) multiplies the limit
-  by 0.75, floored at ``min``, at most once per round trip (the smoothed
-  duration of clean calls): only a call started since the previous cut, and at
-  least a round trip after it, can cut again. Completions of calls started
+- *Cut*: an :class:`Overloaded` (or a :class:`TimeoutError`) sets the limit to
+  0.75 times the calls then out (never more than 0.75 times the limit),
+  floored at ``min``, at most once per round trip (the smoothed duration of
+  clean calls): only a call started since the previous cut, and at least a
+  round trip after it, can cut again. Completions of calls started
   before a cut are ignored, so the limit never grows on stale news. Within
   that round trip, a call started since the cut that is pushed back too
   lowers the limit to the other calls still out (a service that refuses new
@@ -30,14 +31,14 @@ made familiar, with BIC's search for the point of the last loss:
   ``Retry-After`` plays no part here: it delays the item that carried it, and a
   long one can never freeze the limit (inspect_ai had that bug: a horizon
   pushed forward by every hint was never reached).
-- *Increase*: below the last limit that was not pushed back (one slot under
-  the last cut), each clean completion adds ``gap / limit`` slots (at least
-  ``1 / limit``), so a round of calls closes about two thirds of the gap (a
-  search in the manner of BIC TCP) and lands on it. Above it, the step per
+- *Increase*: below the last level the service did not push back (one slot
+  under the calls out at the last cut), each clean completion adds
+  ``2 * gap / limit`` slots (at least ``1 / limit``), so a round of calls
+  closes most of the gap (a search in the manner of BIC TCP) and lands on it. Above it, the step per
   round starts at a quarter of a slot and doubles each round (capped at half
   the limit): the limit dwells a few rounds where the service was happy, yet
   finds a service that got faster in a few more. Each time the service
-  refuses again at the same limit, the first step halves (down to 1/32 of a
+  refuses again at the same limit, the first step halves (down to 1/128 of a
   slot): a limit that has found the capacity tests it ever more rarely.
 - *Slower*: the limit does not grow while the recent calls (smoothed over a
   few) take more than twice as long as usual (averaged over a thousand), as
@@ -72,8 +73,9 @@ logger = logging.getLogger("flowrhythm")
 #: The factor of a cut.
 BACKOFF: Final = 0.75
 
-#: The share of the distance to the last good limit closed per round (continuously).
-CLOSE: Final = 1.0
+#: How fast the limit closes the distance to the last good level: per completion,
+#: ``CLOSE * gap / limit`` slots (so about ``1 - exp(-CLOSE)`` of it per round).
+CLOSE: Final = 2.0
 
 #: Slots per round at first above the last good limit (doubling each round).
 PROBE: Final = 0.25
@@ -85,7 +87,7 @@ LONG: Final = 1000
 SLOWER: Final = 2.0
 
 #: The least first step of probing, after many refusals at the same limit.
-PROBE_LEAST: Final = 1 / 32
+PROBE_LEAST: Final = 1 / 128
 
 #: How many limit changes an :class:`Adaptive` remembers.
 HISTORY: Final = 1000

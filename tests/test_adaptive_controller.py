@@ -190,7 +190,7 @@ def test_refusals_at_the_same_level_make_probing_slower() -> None:
         c.limit = 17.0  # as if it had climbed back to the same level
     assert starts[0] == 0.25
     assert starts[1:4] == [0.125, 0.0625, 0.03125]
-    assert min(starts) == pytest.approx(1 / 32)
+    assert min(starts) == pytest.approx(1 / 128)
     c.limit = 40.0
     c.overloaded(c.epoch, 40, now=1000.0)  # refused somewhere else: start over
     assert c.probe == 0.25
