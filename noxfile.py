@@ -18,43 +18,32 @@ nox.needs_version = ">=2025.2.9"
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "no"
 nox.options.error_on_external_run = True
-nox.options.sessions = ["tests-3.11", "lint", "typecheck"]
 
-PYTHONS = ["3.11", "3.12", "3.13"]
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+#: The supported Pythons, read from the classifiers in pyproject.toml (one list).
+PYTHONS = nox.project.python_versions(PYPROJECT)
 # ``pip install --group`` (PEP 735 dependency groups) arrived in pip 25.1.
 PIP_WITH_GROUPS = "pip>=25.1"
 
+nox.options.sessions = [*(f"tests-{v}" for v in PYTHONS), "lint", "typecheck", "docs"]
+
 
 def _find_pyenv_pythons() -> None:
-    """Let nox find Pythons that pyenv installed but has not activated.
+    """Put pyenv's newest install of each supported Python on ``PATH``.
 
-    A pyenv shim such as ``python3.12`` only works for versions named in
-    ``pyenv global``/``local``; for the others it is on ``PATH`` but fails.
-    For each supported version that is missing from ``PATH`` or only present
-    as a shim, put the ``bin`` of the newest matching pyenv install in front
-    of ``PATH``. Without pyenv (no ``$PYENV_ROOT`` or ``~/.pyenv/versions``)
-    this does nothing.
+    A pyenv shim such as ``python3.12`` fails for a version not named in
+    ``pyenv global``; the install's own ``bin`` works. Without pyenv this
+    changes nothing.
     """
-    versions_dir = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
-    if not versions_dir.is_dir():
-        return
-
-    found: list[str] = []
-    for minor in PYTHONS:
-        exe = f"python{minor}"
-        on_path = shutil.which(exe)
-        if on_path is not None and Path(on_path).parent.name != "shims":
-            continue
-        installs = [
-            (tuple(int(part) for part in d.name.split(".")), d / "bin")
-            for d in versions_dir.glob(f"{minor}.*")
-            if re.fullmatch(r"\d+\.\d+\.\d+", d.name) and os.access(d / "bin" / exe, os.X_OK)
-        ]
-        if installs:
-            found.append(str(max(installs)[1]))
-
-    if found:
-        os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    installs = sorted(
+        (tuple(map(int, d.name.split("."))), d / "bin")
+        for d in root.glob("3.*")
+        if re.fullmatch(r"3\.\d+\.\d+", d.name)
+    )
+    newest = {f"{v[0]}.{v[1]}": str(bin_dir) for v, bin_dir in installs}
+    found = [newest[v] for v in PYTHONS if v in newest]
+    os.environ["PATH"] = os.pathsep.join([*found, os.environ.get("PATH", "")])
 
 
 _find_pyenv_pythons()
@@ -74,7 +63,11 @@ def tests(session: nox.Session) -> None:
     """Run the test suite on the installed package (asyncio and trio, via anyio_backend)."""
     _install(session, "tests")
 
-    session.run("pytest", *session.posargs)
+    coverage = []
+    if session.python == PYTHONS[0] and not session.posargs:
+        # Branch coverage of the installed package, printed once (first Python).
+        coverage = ["--cov=flowrhythm", "--cov-branch", "--cov-report=term:skip-covered"]
+    session.run("pytest", *coverage, *session.posargs)
 
 
 @nox.session
@@ -110,7 +103,7 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "-b", "doctest", "docs", "docs/_build/doctest")
 
 
-BENCHMARKS = ["hop", "accounting", "scaling", "options", "offload", "memory", "adaptive"]
+BENCHMARKS = ["hop", "paths", "accounting", "scaling", "options", "offload", "memory", "adaptive"]
 
 
 @nox.session

@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
-import io
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import _bench
 import anyio
+from _bench import Timing, backend_available, describe_error, format_table, version_of
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -49,24 +47,8 @@ FAST_PATH = "anyio-fast-path"
 IDIOMATIC = "anyio-idiomatic"
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Seconds one run took: wall clock, and CPU time of this process.
-
-    Every pipeline here runs in one thread, so its CPU time is the work it did; unlike the
-    wall clock it does not count the time other programs on a busy machine held the CPU.
-    """
-
-    wall: float
-    cpu: float
-
-
-def _now() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-def _since(start: tuple[float, float]) -> Timing:
-    return Timing(time.perf_counter() - start[0], time.process_time() - start[1])
+_now = _bench.now
+_since = _bench.since
 
 
 # A case runs the pipeline on n items inside the event loop and returns how long that took.
@@ -388,31 +370,6 @@ class Case:
         return f"{self.backend}/{self.spec.key}"
 
 
-def version_of(package: str | None) -> str:
-    if package is None:
-        return f"anyio {importlib.metadata.version('anyio')}"
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "-"
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return describe_error(exc.exceptions[0])
-    return f"{type(exc).__name__}: {exc}"
-
-
-def backend_available(backend: str) -> str | None:
-    """None when the backend can run, else why not."""
-    if backend == "trio":
-        try:
-            import trio  # noqa: F401
-        except ImportError as exc:
-            return f"trio is not installed ({exc})"
-    return None
-
-
 def measure(case: Case, n: int) -> Timing:
     assert case.runner is not None
     gc.collect()
@@ -606,24 +563,6 @@ def summarize(cases: list[Case], n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
-    """Plain-text table; the columns whose index is in ``right`` are right-aligned."""
-    widths = [len(h) for h in headers]
-    for row in filter(None, rows):
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        if not cells:  # an empty row separates groups
-            return ""
-        parts = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
 def print_table(
     rows: list[dict[str, Any]],
     memory: list[dict[str, Any]],
@@ -636,10 +575,7 @@ def print_table(
         f"Hop benchmark: {n:,} items through {HOPS} identity jobs "
         f"(1 worker each, queue length {QUEUE_LENGTH}), median of {repeat} repetitions"
     )
-    print(
-        f"Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
-    )
+    print(_bench.environment_line())
     versions = ", ".join(
         f"{name} {version_of(name)}"
         for name in ("flowrhythm", "anyio", "trio", "aiostream", "pypeln", "slurry")
@@ -724,27 +660,14 @@ def print_table(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = _bench.parser(__doc__, repeat=DEFAULT_REPEAT)
     parser.add_argument("--items", type=int, default=DEFAULT_ITEMS, help="items per run")
-    parser.add_argument(
-        "--repeat", type=int, default=DEFAULT_REPEAT, help="timed repetitions per case"
-    )
-    parser.add_argument(
-        "--backend",
-        action="append",
-        choices=("asyncio", "trio"),
-        help="backend to run (repeatable; default: both)",
-    )
     parser.add_argument(
         "--only",
         action="append",
         choices=[spec.key for spec in CASES],
         help="run only this implementation (repeatable; default: all)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument(
         "--mem-small", type=int, default=DEFAULT_MEM_SMALL, help="items, small memory run"
     )
@@ -752,11 +675,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mem-large", type=int, default=DEFAULT_MEM_LARGE, help="items, large memory run"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory check")
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="exit with status 1 when a target is missed (otherwise only failures do)",
-    )
     parser.add_argument("--rss-child", metavar="BACKEND", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.items < 1 or args.repeat < 1 or args.mem_small < 1 or args.mem_large < 1:
@@ -766,13 +684,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, io.TextIOWrapper):  # keep "µ" and "≥" printable anywhere
-            stream.reconfigure(errors="backslashreplace")
+    _bench.printable_output()
     if args.rss_child:
         rss_child(args.rss_child, args.items)
         return 0
-    backends: list[str] = args.backend or ["asyncio", "trio"]
+    backends = _bench.backends_of(args)
     only = set(args.only) if args.only else None
     notes: list[str] = []
 
@@ -788,32 +704,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows, memory, notes, args.items, args.repeat)
 
     if args.json:
-        report = {
-            "config": {
-                "items": args.items,
-                "repeat": args.repeat,
-                "hops": HOPS,
-                "queue_length": QUEUE_LENGTH,
-                "workers_per_job": 1,
-                "yield_every": YIELD_EVERY,
-                "backends": backends,
-            },
-            "environment": {
-                "python": platform.python_version(),
-                "implementation": platform.python_implementation(),
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "anyio": version_of("anyio"),
-                "trio": version_of("trio"),
-            },
-            "results": rows,
-            "memory": memory,
-            "notes": notes,
+        config = {
+            "items": args.items,
+            "repeat": args.repeat,
+            "hops": HOPS,
+            "queue_length": QUEUE_LENGTH,
+            "workers_per_job": 1,
+            "yield_every": YIELD_EVERY,
+            "backends": backends,
         }
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-            fh.write("\n")
-        print(f"\nJSON written to {args.json}")
+        _bench.write_json(args.json, config, results=rows, memory=memory, notes=notes)
 
     flowrhythm_failed = bool(failed_required) or any(
         case.spec.key in (FLOWRHYTHM, FAST_PATH) and case.error is not None for case in cases

@@ -80,7 +80,9 @@ else:
     # Without inventories, references into the standard library, anyio, trio
     # and attrs cannot resolve. Ignore exactly those; references to anything
     # else (flowrhythm's own names above all) are still checked by -n.
-    _external = sorted({"anyio", "trio", "attr", "attrs", "rich", *sys.stdlib_module_names})
+    _external = sorted(
+        {"anyio", "trio", "attr", "attrs", "rich", "prometheus_client", *sys.stdlib_module_names}
+    )
     nitpick_ignore_regex = [(r"py:.*", rf"(?:{'|'.join(_external)})(?:\..+)?")]
 
 # -- HTML --------------------------------------------------------------------

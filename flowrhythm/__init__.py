@@ -22,6 +22,7 @@ from ._processors import ProcessorFactory as ProcessorFactory
 from ._recorder import Timeline as Timeline
 from ._recorder import TimelinePoint as TimelinePoint
 from ._recorder import record as record
+from ._runtime import FlowResults as FlowResults
 from ._runtime import RunningFlow as RunningFlow
 from ._scaler import ScalingEvent as ScalingEvent
 from ._scaling import FixedStrategy as FixedStrategy
@@ -39,6 +40,7 @@ __all__ = [
     "ErrorItem",
     "FixedStrategy",
     "Flow",
+    "FlowResults",
     "FlowStats",
     "JobStats",
     "LastWorkItem",

@@ -103,9 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
-        parser.error("--backend trio needs trio: pip install trio")
+        parser.error(
+            '--backend trio needs trio: install flowrhythm with its "demo" extra '
+            '(pip install ".[demo]" in a clone of flowrhythm), or pip install trio'
+        )
     if args.svg is not None and importlib.util.find_spec("rich") is None:
-        parser.error("--svg needs rich: pip install 'flowrhythm[monitor]'")
+        parser.error(
+            '--svg needs rich: install flowrhythm with its "demo" extra '
+            '(pip install ".[demo]" in a clone of flowrhythm)'
+        )
     demo = functools.partial(
         run_demo,
         seconds=args.seconds,

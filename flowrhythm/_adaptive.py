@@ -461,12 +461,3 @@ def retry_wait(retry: Retry, attempt: int, exc: BaseException) -> float:
     if isinstance(exc, Overloaded) and exc.retry_after is not None:
         delay = max(delay, exc.retry_after)
     return delay
-
-
-async def back_off(counters: Counters, seconds: float) -> None:
-    """Wait before a retry; the workers doing so are counted for the scaler's cap."""
-    counters.backing_off += 1
-    try:
-        await anyio.sleep(seconds)
-    finally:
-        counters.backing_off -= 1

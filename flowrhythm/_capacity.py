@@ -149,6 +149,36 @@ class UtilizationCapacity(Capacity):
             )
 
 
+class _Computed:
+    """A default computed from other fields, shown as its formula in signatures."""
+
+    def __init__(self, formula: str) -> None:
+        self._formula = formula
+
+    def __repr__(self) -> str:
+        return self._formula
+
+
+def _show_computed_defaults(cls: type) -> None:
+    # attrs writes a Factory default as its NOTHING sentinel: help(Capacity)
+    # would show "max_workers: int = NOTHING".
+    # (From __init__, not the class: a subclass would inherit __signature__.)
+    init: Any = vars(cls)["__init__"]
+    signature = inspect.signature(init)
+    computed = {"max_workers": "max(min_workers, 1)", "initial_workers": "min_workers"}
+    init.__signature__ = signature.replace(
+        parameters=[
+            p.replace(default=_Computed(computed[p.name])) if p.name in computed else p
+            for p in signature.parameters.values()
+        ]
+    )
+    parameters = list(init.__signature__.parameters.values())[1:]  # without self
+    cls.__signature__ = init.__signature__.replace(parameters=parameters)  # type: ignore[attr-defined]
+
+
+_show_computed_defaults(Capacity)
+_show_computed_defaults(UtilizationCapacity)
+
 DEFAULT_CAPACITY = Capacity()
 
 

@@ -8,12 +8,12 @@ another or at once.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, final
 
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._adaptive import Adaptive
 from ._capacity import DEFAULT_CAPACITY, Capacity
@@ -21,10 +21,11 @@ from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._monitor import monitor
 from ._offload import ExecutorSpec
 from ._options import Batch, JobOptions, Retry
-from ._processors import Stage, decorated, default_name
-from ._runtime import RunningFlow, open_run, start_run, stream_run
+from ._processors import NO_LOCK, Stage, decorated, default_name
+from ._runtime import FlowResults, RunningFlow, open_run, start_run, stream_run
 from ._scaler import ScalingEvent
 from ._stats import FlowStats
+from ._validate import check_number, function_of
 
 
 @final
@@ -52,8 +53,19 @@ OnScale = Callable[[ScalingEvent], object]
 
 
 def _check_callback(on_scale: object) -> None:
-    if on_scale is not None and not callable(on_scale):
+    """``on_scale`` is a plain function: it runs inside the scaler, which must not wait."""
+    if on_scale is None:
+        return
+    if not callable(on_scale):
         raise TypeError(f"on_scale must be callable, got {on_scale!r}")
+    function = function_of(on_scale)
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise TypeError(
+            f"on_scale must be a plain (non-async) function, got {on_scale!r}: it is called "
+            "in the scaler, which must never wait. To do async work per event, hand the "
+            "event with send_nowait to an unbounded memory object stream "
+            "(anyio.create_memory_object_stream(math.inf)) read by a task of your own"
+        )
 
 
 def _check_source(source: object) -> None:
@@ -79,11 +91,26 @@ class Flow:
     workers from it, so the same flow can run many times, one after another or
     at once.
 
+    Args:
+        name: keyword-only: the flow's name, which metrics carry as their
+            ``flow`` label (see :mod:`flowrhythm.prometheus`).
+
+    Raises:
+        TypeError, ValueError: ``name`` is not a non-empty ``str``.
+
     .. versionadded:: 0.1
     """
 
+    #: The flow's name, for metrics (the ``flow`` label of :mod:`flowrhythm.prometheus`).
+    #: ``None`` for an unnamed flow.
+    name: str | None = attrs.field(default=None, kw_only=True)
     _jobs: list[JobSpec] = attrs.field(init=False, factory=list)
     _error_job: JobSpec | None = attrs.field(init=False, default=None)
+
+    @name.validator
+    def _check_flow_name(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_name(value)
 
     # -- building ------------------------------------------------------------------
 
@@ -112,7 +139,9 @@ class Flow:
                 ``@workers`` on the processor, which beat the default
                 ``Capacity()`` (one worker, a queue of 100).
             name: the job's name; beats ``@job_name``, which beats the
-                processor's ``__qualname__``. Explicit names must be unique; a
+                processor's ``__qualname__`` (without the enclosing function of
+                a nested one: ``call_api``, not ``main.<locals>.call_api``).
+                Explicit names must be unique; a
                 repeated default name gets a suffix (``inc``, ``inc#2``).
             executor: run a *synchronous* ``processor`` off the event loop:
                 ``"thread"`` (anyio worker threads), ``"process"`` (anyio worker
@@ -124,7 +153,9 @@ class Flow:
                 many workers (a reorder window of at most ``max_workers`` inputs).
             retry: a :class:`Retry`: retry failing calls with exponential back-off.
             timeout: seconds; a longer call is cancelled and fails with
-                :class:`TimeoutError` (for a generator: each step).
+                :class:`TimeoutError` (for a generator: each step). An offloaded
+                call cannot be cut short: one that returns late fails with
+                :class:`TimeoutError` and is not retried (it ran to completion).
             max_per_second: start at most this many calls per second, however
                 many workers the job has (per run).
             batch: a :class:`Batch`: the processor receives lists of items.
@@ -149,7 +180,7 @@ class Flow:
             batch=batch,
             concurrency=concurrency,
         )
-        self._jobs.append(self._spec(processor, capacity, name, None, executor, options))
+        self._jobs.append(self._spec(processor, capacity, name, NO_LOCK, executor, options))
         return self
 
     #: The seed's name for :meth:`add`.
@@ -227,7 +258,7 @@ class Flow:
             batch=batch,
             concurrency=concurrency,
         )
-        self._error_job = self._spec(processor, capacity, name, None, executor, options)
+        self._error_job = self._spec(processor, capacity, name, NO_LOCK, executor, options)
         return self
 
     def _spec(
@@ -239,7 +270,7 @@ class Flow:
         executor: object,
         options: JobOptions,
     ) -> JobSpec:
-        stage = Stage.build(processor, lock, executor)
+        stage = Stage.build(processor, lock, executor, options.timeout)
         return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity), options)
 
     def _name(self, processor: object, name: object) -> str:
@@ -272,7 +303,7 @@ class Flow:
         source: Iterable[Any] | AsyncIterable[Any],
         *,
         on_scale: OnScale | None = None,
-        progress: bool = False,
+        progress: bool | float = False,
     ) -> FlowStats:
         """Run the flow over ``source`` until it drains; the outputs are discarded.
 
@@ -281,11 +312,14 @@ class Flow:
 
         Args:
             source: the items.
-            on_scale: called with a :class:`ScalingEvent` for every change of a
-                job's worker count (an exception from it fails the run).
-            progress: show the run with :func:`monitor` (a live table in a
-                terminal, plain lines on standard error otherwise) and print
-                :meth:`FlowStats.report` when it ends.
+            on_scale: a plain (non-async) function, called with a
+                :class:`ScalingEvent` for every change of a job's worker count
+                (an exception from it fails the run).
+            progress: ``True`` to show the run with :func:`monitor` (a live
+                table in a terminal, a plain line every second on standard
+                error otherwise) and print :meth:`FlowStats.report` when it
+                ends; a number instead of ``True`` sets the seconds between two
+                frames or lines.
 
         Returns:
             The final :class:`FlowStats`.
@@ -293,24 +327,28 @@ class Flow:
         Raises:
             ExceptionGroup: a processor failed with no error job to take the item,
                 or the error job failed (the exception is inside the group).
-            TypeError: ``progress`` is not a bool.
+            TypeError, ValueError: ``progress`` is neither a bool nor a number
+                ``> 0``, or ``on_scale`` is not a plain function (an ``async
+                def`` one is refused: it is called in the scaler, which must
+                not wait).
         """
         self._check_runnable()
         _check_source(source)
         _check_callback(on_scale)
+        interval = None
         if not isinstance(progress, bool):
-            raise TypeError(f"progress must be a bool, got {progress!r}")
+            interval = check_number("progress", progress, low=0.0, low_open=True)
         async with open_run(
             list(self._jobs), self._error_job, source=source, on_scale=on_scale
         ) as run:
-            if progress:
-                async with monitor(RunningFlow._create(run)):
+            if progress is not False:
+                async with monitor(RunningFlow._create(run), interval=interval):
                     await run.done.wait()
         return run.snapshot()
 
     def stream(
         self, source: Iterable[Any] | AsyncIterable[Any], *, on_scale: OnScale | None = None
-    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Any]]:
+    ) -> AbstractAsyncContextManager[FlowResults]:
         """Run the flow over ``source``, yielding the last job's outputs as they come.
 
         Example::
@@ -319,9 +357,11 @@ class Flow:
                 async for page in results:
                     print(page)
 
-        The results end when the last job's outputs end; leaving the block
-        normally then waits for the rest of the run (the error job included).
-        Leaving it early (a ``break``) cancels the run.
+        ``results`` is a :class:`FlowResults`: it also has ``stats()`` and
+        ``stop()``. The results end when the last job's outputs end; leaving the
+        block normally then waits for the rest of the run (the error job
+        included). Leaving it early (a ``break``), or closing the results before
+        they end, cancels the run.
         """
         self._check_runnable()
         _check_source(source)

@@ -9,12 +9,13 @@ worker has left, which is how end of input travels down the flow in order.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
-from anyio import EndOfStream, WouldBlock
+from anyio import BrokenResourceError, EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._adaptive import JobSlots
@@ -22,10 +23,11 @@ from ._batch import Batcher
 from ._errors import ErrorItem
 from ._options import Exhausted, RateLimit, wrap
 from ._ordered import Reorder
+from ._processors import ProcessorFactory
 from ._scaler import run_scaler
 from ._stats import Counters, JobStats
 from ._timing import RateWindow
-from ._worker import NOTHING, Numbered, Worker, work, work_general
+from ._worker import NOTHING, Numbered, Worker, work, work_general, work_ordered
 
 if TYPE_CHECKING:
     from ._flow import JobSpec
@@ -37,6 +39,7 @@ class Job:
     """The running instance of a :class:`JobSpec` (private)."""
 
     __slots__ = (
+        "_scaler_scope",
         "batcher",
         "counters",
         "doorman",
@@ -50,7 +53,6 @@ class Job:
         "reorder",
         "retiring",
         "run",
-        "scaler_scope",
         "scales",
         "send",
         "slots",
@@ -72,7 +74,7 @@ class Job:
         self.receive = receive  # the job's input queue
         self.send = send
         self.errors = errors
-        self.counters = Counters(anyio.current_time)
+        self.counters = Counters(run.clock)
         self.scales = spec.capacity.scales
         self.workers: dict[Worker, None] = {}  # a set kept in order: same run, same choices
         self.retiring = 0  # live workers asked to leave
@@ -80,12 +82,16 @@ class Job:
         self.input_ended = False
         self.finished = False
         self.task_group: TaskGroup | None = None
-        self.scaler_scope = anyio.CancelScope()
+        self._scaler_scope: anyio.CancelScope | None = None  # made by the scaler
         self.rate = RateWindow(self.counters.clock())
         # Offloaded calls: one limiter per job, its size following the worker count.
         options = spec.options
+        # One worker keeps the order by itself: such a job runs the plain loop.
+        max_workers = spec.capacity.max_workers
         self.reorder = (
-            Reorder(spec.capacity.max_workers, self.counters) if options.ordered else None
+            Reorder(2 * max_workers, self.counters)
+            if options.ordered and max_workers > 1
+            else None
         )
         self.batcher = Batcher(options.batch, self.counters) if options.batch is not None else None
         self.rate_limit = (
@@ -107,6 +113,15 @@ class Job:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def scaler_scope(self) -> anyio.CancelScope:
+        """The scaler's cancel scope, cancelled when the job finishes (made on first use)."""
+        if self._scaler_scope is None:
+            self._scaler_scope = anyio.CancelScope()
+            if self.finished:
+                self._scaler_scope.cancel()
+        return self._scaler_scope
 
     # -- workers ----------------------------------------------------------------
 
@@ -132,7 +147,7 @@ class Job:
         ``item``, if given, is an input already taken for the new worker.
         """
         assert self.task_group is not None
-        worker = Worker()
+        worker = Worker(retirable=self.scales)
         self.workers[worker] = None
         self.counters.add_workers(1)
         self._size_limiter()
@@ -185,15 +200,20 @@ class Job:
         runs only while the job has no worker; the scaler leaves such a job alone.
         """
         batcher = self.batcher
+        reorder = self.reorder
         try:
             if batcher is None:
                 item = await self.receive.receive()
+                # Counted and numbered the instant it leaves the queue: the new
+                # worker may take a while to open, and the run may be cancelled.
+                self.counters.received += 1
+                if reorder is not None:
+                    item = Numbered(item, reorder.take())
             else:  # a batched job: the doorman gathers the first batch
                 async with batcher.gate:
                     items = [await self.receive.receive()]
                     self.counters.received += 1
                     await batcher.complete(items, self.receive)
-                    reorder = self.reorder
                     item = items if reorder is None else Numbered(items, reorder.take())
         except EndOfStream:
             self.input_ended = True
@@ -209,32 +229,12 @@ class Job:
     async def _worker_task(self, worker: Worker, item: Any) -> None:
         try:
             stage = self.spec.stage
-            async with stage.open(self.limiter) as (fn, is_gen):
-                options = self.spec.options
-                fn = wrap(
-                    fn,
-                    is_gen,
-                    options,
-                    self.counters,
-                    limit=self.rate_limit,
-                    lock=stage.lock,
-                    interruptible=stage.executor is None or isinstance(stage.executor, Executor),
-                    slots=self.slots,
-                )
-                loop = work if options.batch is None and not options.ordered else work_general
-                try:
-                    while True:
-                        with worker.scope:
-                            await loop(self, worker, fn, is_gen, item)
-                        item, worker.rescued = worker.rescued, NOTHING
-                        if item is NOTHING:
-                            break
-                        # Retired in the very instant an item arrived for it: the
-                        # retirement loses, the item is processed here.
-                        worker.renew()
-                        self.retiring -= 1
-                finally:
-                    worker.leaving = True
+            if stage.executor is None and not isinstance(stage.processor, ProcessorFactory):
+                # A plain processor: nothing to open per worker.
+                await self._work(worker, stage.processor, stage.is_generator, item)
+            else:
+                async with stage.open(self.limiter) as (fn, is_gen):
+                    await self._work(worker, fn, is_gen, item)
         finally:
             self.workers.pop(worker, None)
             if worker.retiring:
@@ -247,12 +247,56 @@ class Job:
                 elif worker.retiring:
                     self._start_doorman()  # scaled down to zero: wait for input
 
+    async def _work(
+        self, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any
+    ) -> None:
+        """Run the worker's loop with the processor it opened, until it leaves."""
+        stage = self.spec.stage
+        fn = wrap(
+            fn,
+            is_gen,
+            self.spec.options,
+            self.counters,
+            limit=self.rate_limit,
+            lock=stage.lock,
+            interruptible=stage.executor is None,
+            slots=self.slots,
+        )
+        if self.batcher is not None or (self.reorder is not None and is_gen):
+            loop = work_general
+        elif self.reorder is not None:
+            loop = work_ordered
+        else:
+            loop = work
+        try:
+            while True:
+                scope = worker.scope
+                try:
+                    if scope is None:  # never retired: the job does not scale
+                        await loop(self, worker, fn, is_gen, item)
+                    else:
+                        with scope:
+                            await loop(self, worker, fn, is_gen, item)
+                except BrokenResourceError:  # a hand-on found its reader gone
+                    await self.downstream_gone()
+                    raise
+                item, worker.rescued = worker.rescued, NOTHING
+                if item is NOTHING:
+                    break
+                # Retired in the very instant an item arrived for it: the
+                # retirement loses, the item is processed here.
+                worker.renew()
+                self.retiring -= 1
+        finally:
+            worker.leaving = True
+
     def finish(self) -> None:
         """Input ended and drained, no worker left: end the job's output."""
         if self.finished:
             return
         self.finished = True
-        self.scaler_scope.cancel()
+        if self._scaler_scope is not None:  # a scope never made needs no cancel
+            self._scaler_scope.cancel()
         if self.send is not None:
             self.send.close()
         if self.errors is not None:
@@ -273,13 +317,27 @@ class Job:
     async def _hand_on(self, stream: MemoryObjectSendStream[Any], value: Any) -> None:
         """Send without waiting if there is room; otherwise wait, counted as blocked."""
         try:
-            stream.send_nowait(value)
-        except WouldBlock:
-            since = self.counters.enter_blocked()
             try:
-                await stream.send(value)
-            finally:
-                self.counters.leave_blocked(since)
+                stream.send_nowait(value)
+            except WouldBlock:
+                since = self.counters.enter_blocked()
+                try:
+                    await stream.send(value)
+                finally:
+                    self.counters.leave_blocked(since)
+        except BrokenResourceError:
+            await self.downstream_gone()
+            raise
+
+    async def downstream_gone(self) -> None:
+        """A hand-on found its stream's reader gone: the consumer closed its results.
+
+        Closing the results cancels the run (leaving early): the cancellation is
+        raised here, so that the hand-over error is never taken for the
+        processor's failure. Returns only if the run was not cancelled.
+        """
+        if self.run.stopped:
+            await checkpoint_if_cancelled()
 
     async def fail(self, item: Any, exc: Exception, weight: int = 1) -> None:
         """Route a failed item to the error job, or fail the run if there is none.

@@ -3,8 +3,9 @@
 :func:`monitor` samples ``running.stats()`` every ``interval`` seconds in a task
 of its own, like :func:`record`, and shows each snapshot: a `rich`_ table that
 redraws in place when the output is a terminal, one plain line per interval
-otherwise. rich is optional (``pip install flowrhythm[monitor]``) and imported
-only here, only when a monitor starts, so flowrhythm itself imports without it.
+otherwise. rich is optional (the ``monitor`` extra: ``pip install ".[monitor]"``
+in a clone of flowrhythm) and imported only here, only when a monitor starts, so
+flowrhythm itself imports without it.
 
 .. _rich: https://rich.readthedocs.io/
 """
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, final
 
 import anyio
 
-from ._report import format_seconds
+from ._report import BottleneckTracker, format_seconds
 from ._validate import check_number
 
 if TYPE_CHECKING:
@@ -31,19 +32,22 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from ._runtime import RunningFlow
+    from ._runtime import FlowResults, RunningFlow
     from ._stats import FlowStats, JobStats
 
 #: Seconds: the bottleneck line looks at what the jobs did over about this long.
-RECENT = 2.0
+RECENT = 5.0
+#: Seconds between two frames of the live view, by default.
+LIVE_INTERVAL = 0.25
+#: Seconds between two plain lines, by default (a log should stay readable).
+PLAIN_INTERVAL = 1.0
 
 #: Cells of the workers bar (one per worker up to this many, scaled beyond).
 WORKER_CELLS = 12
 #: Cells of the queue bar.
 QUEUE_CELLS = 8
-#: Below this width the view is compact: shorter workers bars, no queue bar,
-#: fewer columns.
-COMPACT_WIDTH = 110
+#: Columns the panel around the table takes (borders and padding).
+PANEL_FRAME = 4
 #: Cells of the workers bar in the compact view.
 COMPACT_CELLS = 8
 
@@ -131,8 +135,11 @@ def _table(stats: FlowStats, compact: bool) -> Table:
     table.add_column("items/s", justify="right")
     if not compact:
         table.add_column("done", justify="right")
-    table.add_column("errors", justify="right")
-    if not compact:
+    if compact:
+        table.add_column("err/retry", justify="right", no_wrap=True)
+    else:
+        table.add_column("errors", justify="right")
+        table.add_column("retries", justify="right")
         table.add_column("p50", justify="right")
     for job in stats.jobs.values():
         name = Text(job.name, style="bold")
@@ -141,6 +148,7 @@ def _table(stats: FlowStats, compact: bool) -> Table:
         active = Text(str(job.active), style="green" if job.active else "")
         blocked = Text(str(job.blocked), style="red" if job.blocked else "")
         errors = Text(str(job.errored), style="red" if job.errored else "dim")
+        retries = Text(str(job.retried), style="yellow" if job.retried else "dim")
         throughput = f"{job.throughput:.1f}"
         if compact:
             states = Text.assemble(str(job.idle), "/", active, "/", blocked)
@@ -150,7 +158,7 @@ def _table(stats: FlowStats, compact: bool) -> Table:
                 states,
                 queue_bar(job, 0),
                 throughput,
-                errors,
+                Text.assemble(errors, "/", retries),
             )
         else:
             table.add_row(
@@ -163,21 +171,34 @@ def _table(stats: FlowStats, compact: bool) -> Table:
                 throughput,
                 str(job.completed),
                 errors,
+                retries,
                 format_seconds(job.p50),
             )
     return table
 
 
-def _footer(stats: FlowStats, since: FlowStats | None) -> Text:
+def totals(stats: FlowStats) -> tuple[str, str]:
+    """What enters the flow and what leaves it, each labelled with what it counts.
+
+    The last job's outputs are not items: a batched or fan-out job hands on
+    fewer or more outputs than it received items.
+    """
+    jobs = [job for job in stats.jobs.values() if not job.error_job]
+    last = f" of {jobs[-1].name}" if jobs else ""
+    return f"{stats.items_in} items in", f"{stats.items_out} outputs{last}"
+
+
+def _footer(stats: FlowStats, line: str) -> Text:
     from rich.text import Text
 
     text = Text("\n")
     text.append("bottleneck ", style="bold")
-    text.append(stats.bottleneck(since))
+    text.append(line)
     text.append("\n")
-    text.append(f"{stats.items_in} in", style="bold")
+    items_in, outputs = totals(stats)
+    text.append(items_in, style="bold")
     text.append(" · ")
-    text.append(f"{stats.items_out} out", style="bold")
+    text.append(outputs, style="bold")
     errors = sum(job.errored for job in stats.jobs.values() if not job.error_job)
     if errors:
         text.append(" · ")
@@ -192,23 +213,27 @@ def _footer(stats: FlowStats, since: FlowStats | None) -> Text:
 class StatsView:
     """A rich renderable of one :class:`FlowStats` (what :func:`render_stats` returns).
 
-    It chooses shorter bars when the console is narrower than
-    :data:`COMPACT_WIDTH`.
+    When the full table does not fit the console, it draws a compact one:
+    shorter workers bars, no queue bar, fewer columns.
     """
 
-    __slots__ = ("since", "stats", "title")
+    __slots__ = ("line", "stats", "title")
 
-    def __init__(self, stats: FlowStats, since: FlowStats | None, title: str) -> None:
+    def __init__(self, stats: FlowStats, line: str, title: str) -> None:
         self.stats = stats
-        self.since = since
+        self.line = line
         self.title = title
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.console import Group
+        from rich.measure import Measurement
         from rich.panel import Panel
 
-        compact = options.max_width < COMPACT_WIDTH
-        body = Group(_table(self.stats, compact), _footer(self.stats, self.since))
+        table = _table(self.stats, compact=False)
+        needed = Measurement.get(console, options, table).maximum + PANEL_FRAME
+        if needed > options.max_width:
+            table = _table(self.stats, compact=True)
+        body = Group(table, _footer(self.stats, self.line))
         yield Panel(body, title=self.title, title_align="left", expand=False)
 
 
@@ -231,30 +256,35 @@ def render_stats(
             describes what happened since it (see :meth:`FlowStats.bottleneck`).
         title: the panel's title.
 
-    Needs rich (``pip install flowrhythm[monitor]``); it is imported when the
+    Needs rich (the ``monitor`` extra: ``pip install ".[monitor]"`` in a clone of
+    flowrhythm); it is imported when the
     renderable is drawn.
 
     .. versionadded:: 0.1
     """
-    return StatsView(stats, since, title)
+    return StatsView(stats, stats.bottleneck(since), title)
 
 
-def plain_line(stats: FlowStats, since: FlowStats | None = None) -> str:
+def plain_line(stats: FlowStats, since: FlowStats | None = None, line: str | None = None) -> str:
     """One snapshot as one line of text, for logs: every job, then the bottleneck.
 
-    For example ``[3.0s] in=812 out=790 | fetch w=12/32 i/a/b=2/10/0
-    q=3/100 265.0/s err=9 | ... | bottleneck: fetch: ...``.
+    For example ``[3.0s] 812 items in, 790 outputs of store | fetch w=12/32
+    i/a/b=2/10/0 q=3/100 265.0/s err=9 retry=4 | ... | bottleneck: fetch: ...``
+    (``retry=`` only for a job that retried). ``line`` is the bottleneck line to
+    show; by default ``stats.bottleneck(since)``.
     """
+    items_in, outputs = totals(stats)
     parts = [
-        f"[{stats.elapsed:.1f}s] in={stats.items_in} out={stats.items_out}",
+        f"[{stats.elapsed:.1f}s] {items_in}, {outputs}",
         *(
             f"{job.name} w={job.workers}/{job.max_workers} "
             f"i/a/b={job.idle}/{job.active}/{job.blocked} "
             f"q={job.queue_depth}/{job.queue_length} "
             f"{job.throughput:.1f}/s err={job.errored}"
+            + (f" retry={job.retried}" if job.retried else "")
             for job in stats.jobs.values()
         ),
-        f"bottleneck: {stats.bottleneck(since)}",
+        f"bottleneck: {stats.bottleneck(since) if line is None else line}",
     ]
     line = " | ".join(parts)
     return line + " (done)" if stats.done else line
@@ -291,26 +321,32 @@ class Recent:
 
 
 class Display(Protocol):
-    def show(self, stats: FlowStats, since: FlowStats | None) -> None: ...
+    #: Seconds between two frames when the monitor is not told.
+    interval: float
 
-    def close(self, stats: FlowStats | None, since: FlowStats | None) -> None: ...
+    def show(self, stats: FlowStats, line: str) -> None: ...
+
+    def close(self, stats: FlowStats | None, line: str) -> None: ...
 
 
 @final
 class PlainDisplay:
     """One line per snapshot; :meth:`FlowStats.report` at the end."""
 
-    __slots__ = ("_write",)
+    __slots__ = ("_width", "_write")
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    interval = PLAIN_INTERVAL
+
+    def __init__(self, write: Callable[[str], None], width: int | None = None) -> None:
         self._write = write
+        self._width = width
 
-    def show(self, stats: FlowStats, since: FlowStats | None) -> None:
-        self._write(plain_line(stats, since))
+    def show(self, stats: FlowStats, line: str) -> None:
+        self._write(plain_line(stats, line=line))
 
-    def close(self, stats: FlowStats | None, since: FlowStats | None) -> None:
+    def close(self, stats: FlowStats | None, line: str) -> None:
         if stats is not None:
-            self._write(stats.report())
+            self._write(stats.report(width=self._width))
 
 
 @final
@@ -318,6 +354,8 @@ class LiveDisplay:
     """A rich ``Live`` that redraws the view in place, refreshed only by the monitor task."""
 
     __slots__ = ("_console", "_live", "_title")
+
+    interval = LIVE_INTERVAL
 
     def __init__(self, console: Console, title: str) -> None:
         from rich.live import Live
@@ -335,21 +373,21 @@ class LiveDisplay:
         )
         self._live.start()
 
-    def show(self, stats: FlowStats, since: FlowStats | None) -> None:
-        self._live.update(render_stats(stats, since, title=self._title), refresh=True)
+    def show(self, stats: FlowStats, line: str) -> None:
+        self._live.update(StatsView(stats, line, self._title), refresh=True)
 
-    def close(self, stats: FlowStats | None, since: FlowStats | None) -> None:
+    def close(self, stats: FlowStats | None, line: str) -> None:
         from rich.rule import Rule
         from rich.text import Text
 
         try:
             if stats is not None:
-                self.show(stats, since)  # the last frame stays on the screen
+                self.show(stats, line)  # the last frame stays on the screen
         finally:
             self._live.stop()
         if stats is not None:
             self._console.print(Rule("summary", style="dim"))
-            self._console.print(Text(stats.report()), soft_wrap=True)
+            self._console.print(Text(stats.report(width=self._console.width)), soft_wrap=True)
 
 
 def default_console() -> Console | None:
@@ -379,11 +417,15 @@ def open_display(console: Console | None, plain: bool | None, title: str) -> Dis
     """The display :func:`monitor` uses: live where it can and may, plain otherwise."""
     rich_console = console if console is not None or plain is True else default_console()
     if plain is False and rich_console is None:
-        raise ImportError("monitor(plain=False) needs rich: pip install 'flowrhythm[monitor]'")
+        raise ImportError(
+            'monitor(plain=False) needs rich: install flowrhythm with its "monitor" extra '
+            '(pip install ".[monitor]" in a clone of flowrhythm)'
+        )
+    width = console.width if console is not None else None
     if rich_console is None or plain is True:
-        return PlainDisplay(_write_to(rich_console))
+        return PlainDisplay(_write_to(rich_console), width)
     if plain is None and not rich_console.is_terminal:
-        return PlainDisplay(_write_to(rich_console))
+        return PlainDisplay(_write_to(rich_console), width)
     return LiveDisplay(rich_console, title)
 
 
@@ -392,9 +434,9 @@ def open_display(console: Console | None, plain: bool | None, title: str) -> Dis
 
 @contextlib.asynccontextmanager
 async def monitor(
-    running: RunningFlow,
+    running: RunningFlow | FlowResults,
     *,
-    interval: float = 0.25,
+    interval: float | None = None,
     console: rich.console.Console | None = None,
     plain: bool | None = None,
     title: str = "flowrhythm",
@@ -407,25 +449,30 @@ async def monitor(
             async for url in urls:
                 await running.send(url)
 
-    In a terminal, a live table redraws in place every ``interval`` seconds:
-    per job, its workers within ``[min_workers, max_workers]``, how many are
-    idle, active and blocked, its queue, items per second, items done, errors
-    and the median processing time; under it the bottleneck line (over the last
-    two seconds or so) and the totals. When the block ends, the last frame stays
-    and :meth:`FlowStats.report` is printed under it.
+    In a terminal, a live table redraws in place every ``interval`` seconds
+    (a quarter of a second by default): per job, its workers within
+    ``[min_workers, max_workers]``, how many are idle, active and blocked, its
+    queue, items per second, items done, errors, retries and the median
+    processing time; under it the bottleneck line (judged over the last five
+    seconds or so, and changed only once a new verdict has held for two) and
+    the totals. When the block ends, the last frame stays and
+    :meth:`FlowStats.report` is printed under it.
 
     Without a terminal (CI, a pipe, a file), or without rich installed, or with
-    ``plain=True``, it prints instead one line per interval summarising every
-    job, and the report at the end. The output goes to ``console`` — by default
-    a rich console on standard error, or standard error itself without rich.
+    ``plain=True``, it prints instead one line per ``interval`` (one second by
+    default) summarising every job, and the report at the end. The output goes
+    to ``console`` — by default a rich console on standard error, or standard
+    error itself without rich.
 
     Sampling runs in a task of the monitor's own task group, cancelled when the
     block ends; it stops by itself once the flow is done. An exception raised
     while drawing is not swallowed: it fails the block.
 
     Args:
-        running: the flow to watch (from :meth:`Flow.start`).
-        interval: seconds between two frames (or lines).
+        running: the flow to watch: a :class:`RunningFlow` (from :meth:`Flow.start`)
+            or the :class:`FlowResults` of :meth:`Flow.stream`.
+        interval: seconds between two frames (or lines); by default 0.25
+            for the live view and 1 for plain lines.
         console: a ``rich.console.Console`` to draw on.
         plain: ``None`` (the default) to choose by itself; ``True`` for plain
             lines always; ``False`` for the live view always (rich required; on
@@ -433,22 +480,25 @@ async def monitor(
         title: the title of the live view's panel.
 
     Raises:
-        TypeError, ValueError: ``interval`` is not a number ``> 0``.
+        TypeError, ValueError: ``interval`` is neither ``None`` nor a number ``> 0``.
         ImportError: ``plain=False`` and rich cannot be imported.
 
     .. versionadded:: 0.1
     """
-    check_number("interval", interval, low=0.0, low_open=True)
+    if interval is not None:
+        check_number("interval", interval, low=0.0, low_open=True)
     recent = Recent()
+    tracker = BottleneckTracker()
     display = open_display(console, plain, title)
+    seconds = display.interval if interval is None else interval
 
     async def refresh() -> None:
         while True:
             stats = running.stats()
-            display.show(stats, recent.push(stats))
+            display.show(stats, tracker.update(stats, recent.push(stats)))
             if stats.done:
                 return
-            await anyio.sleep(interval)
+            await anyio.sleep(seconds)
 
     ended_normally = False
     try:
@@ -462,7 +512,7 @@ async def monitor(
     finally:
         with _quiet_unless(ended_normally):
             final = running.stats()
-            display.close(final, recent.push(final))
+            display.close(final, tracker.update(final, recent.push(final)))
 
 
 @contextlib.contextmanager

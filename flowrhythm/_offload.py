@@ -9,8 +9,10 @@ cap on a job that scaled past them.
 
 For a :class:`concurrent.futures.Executor` (a ``ProcessPoolExecutor``, a Dask
 ``Client.get_executor()``...) no thread is held per call: the future's
-completion is bridged back to the event loop with anyio's from-thread tools,
-and cancelling the call cancels the future if it has not started.
+completion is bridged back to the event loop with anyio's from-thread tools.
+Cancelling the call cancels the future if it has not started; a call already
+running cannot be cut short, so it is waited for (as anyio waits for a thread):
+no call outlives its run.
 """
 
 from __future__ import annotations
@@ -107,9 +109,18 @@ def call_and_check(fn: Callable[[Any], Any], item: Any, caller: int = -1) -> Any
 
 
 def offloaded(
-    fn: Callable[[Any], Any], executor: ExecutorSpec, limiter: anyio.CapacityLimiter
+    fn: Callable[[Any], Any],
+    executor: ExecutorSpec,
+    limiter: anyio.CapacityLimiter,
+    start_timeout: float | None = None,
 ) -> Callable[[Any], Any]:
-    """The async processor that runs ``fn`` through ``executor``."""
+    """The async processor that runs ``fn`` through ``executor``.
+
+    ``start_timeout`` (the job's ``timeout=``) bounds how long a call may wait
+    in an Executor's queue: one that has not started by then is cancelled
+    there and fails with :class:`TimeoutError` (it never ran, so it may be
+    retried).
+    """
     refuse_offload_in_virtual_time()
     if executor == "thread":
 
@@ -131,28 +142,32 @@ def offloaded(
 
     async def in_executor(item: Any) -> Any:
         async with limiter:
-            return await wait_future(pool.submit(call_and_check, fn, item, pid))
+            return await wait_future(pool.submit(call_and_check, fn, item, pid), start_timeout)
 
     return in_executor
 
 
-async def wait_future(future: Future[Any]) -> Any:
+async def wait_future(future: Future[Any], start_timeout: float | None = None) -> Any:
     """Await a :class:`concurrent.futures.Future` without holding a thread.
 
-    On cancellation the future is cancelled if it has not started; a call
-    already running is abandoned (its result is dropped when it arrives).
+    On cancellation the future is cancelled if it has not started. A call
+    already running cannot be cut short: it is waited for, shielded, and its
+    result dropped, so that no call outlives the worker that made it (and the
+    job's worker count keeps bounding the calls in flight) -- as anyio does for
+    a thread.
+
+    Raises:
+        TimeoutError: the call had not started ``start_timeout`` seconds after
+            it was submitted; it was cancelled in the executor's queue.
     """
     if not future.done():
         done = anyio.Event()
         token = anyio.lowlevel.current_token()
         loop_thread = threading.get_ident()
-        abandoned = False
 
         def wake(_: Future[Any]) -> None:
-            if abandoned:
-                return  # nobody waits any more: never block the executor's thread
             if threading.get_ident() == loop_thread:
-                done.set()  # completed before the callback was added: we are in the loop
+                done.set()  # completed (or cancelled) in the loop's own thread
                 return
             # If the event loop has finished meanwhile, nobody waits for the result.
             with contextlib.suppress(Exception):
@@ -160,9 +175,18 @@ async def wait_future(future: Future[Any]) -> Any:
 
         future.add_done_callback(wake)
         try:
+            if start_timeout is not None:
+                with anyio.move_on_after(start_timeout):
+                    await done.wait()
+                if not done.is_set() and future.cancel():  # still queued: it never runs
+                    raise TimeoutError(
+                        f"the call did not start within its timeout of {start_timeout:g}s: "
+                        "it waited in the executor's queue, and was cancelled there"
+                    )
             await done.wait()
         except BaseException:
-            abandoned = True
-            future.cancel()
+            if not future.cancel():  # running: wait until it has finished
+                with anyio.CancelScope(shield=True):
+                    await done.wait()
             raise
     return future.result()

@@ -2,12 +2,15 @@
 
 ``Retry`` and ``Batch`` are public values; :class:`JobOptions` gathers every
 option of one job. :func:`wrap` builds the processor a worker actually calls,
-from the inside out::
+from the outside in::
 
-    retry( rate limit -> timeout -> processor )
+    retry -> rate limit -> resource manager -> timeout -> call
 
-so every attempt is one call start for the rate limit, waiting for a rate-limit
-slot does not count against the timeout, and a timed-out call can be retried.
+so every attempt takes its own rate-limit slot and enters the resource manager
+(of ``add_job_with_lock``) again; waiting for either is *blocked* time and does
+not count against the timeout; a timed-out call can be retried; and the
+back-off between attempts is blocked time too, holding neither the slot nor the
+resource manager.
 ``ordered`` and ``batch`` change how items move rather than how one call runs;
 they live in :mod:`flowrhythm._ordered` and :mod:`flowrhythm._batch`.
 """
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import attrs
 
-from ._adaptive import Adaptive, Held, JobSlots, back_off, retry_wait
+from ._adaptive import Adaptive, Held, JobSlots, retry_wait
 from ._errors import RouteToErrorQueue, StopProcessing
 from ._validate import check_number, count, number
 
@@ -53,7 +56,9 @@ class Retry:
     retried; :class:`StopProcessing` and :class:`RouteToErrorQueue` never are.
     After the last attempt the item goes the usual error way, and
     :attr:`ErrorItem.attempts` says how many calls were made. A generator is
-    retried only if it fails before its first yield.
+    retried only if it fails before its first yield. A worker waiting in the
+    back-off counts as *blocked*, not active, so a failing job does not grow;
+    an offloaded call that returned after its ``timeout`` is never retried.
 
     Raises:
         TypeError, ValueError: ``attempts < 1``, negative ``backoff`` /
@@ -71,8 +76,15 @@ class Retry:
     )
 
     def wait(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (0 for the first)."""
-        delay = min(self.backoff * 2.0**retry, self.max_backoff)
+        """Seconds to wait before retry number ``retry`` (0 for the first).
+
+        The doubling stops at ``max_backoff``: ``2.0 ** retry`` alone would
+        overflow past the 1,024th retry.
+        """
+        try:
+            delay = min(math.ldexp(self.backoff, retry), self.max_backoff)  # backoff * 2**retry
+        except OverflowError:
+            delay = self.max_backoff
         if self.jitter:
             delay = min(delay * random.uniform(0.75, 1.25), self.max_backoff)
         return delay
@@ -137,6 +149,10 @@ class JobOptions:
             timeout = check_number("timeout", timeout, low=0.0, low_open=True)
         if max_per_second is not None:
             max_per_second = check_number("max_per_second", max_per_second, low=0.0, low_open=True)
+            if math.isinf(1.0 / max_per_second):
+                raise ValueError(
+                    f"max_per_second is too small to space calls, got {max_per_second!r}"
+                )
         return cls(
             ordered=ordered,
             retry=retry,
@@ -197,7 +213,11 @@ class RateLimit:
 
 @final
 class Accounted:
-    """A resource manager whose waits count as *blocked*: more workers cannot help."""
+    """A resource manager whose waits count as *blocked*: more workers cannot help.
+
+    Its exit sees how the call ended, but cannot swallow it: a failure is the
+    item's, and a cancellation is the run's, whatever ``__aexit__`` returns.
+    """
 
     __slots__ = ("counters", "manager")
 
@@ -217,8 +237,8 @@ class Accounted:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        return await self.manager.__aexit__(exc_type, exc, tb)
+    ) -> None:
+        await self.manager.__aexit__(exc_type, exc, tb)
 
 
 def wrap(
@@ -237,20 +257,115 @@ def wrap(
         retry -> rate limit -> resource manager -> concurrency slot -> timeout -> processor
 
     ``limit`` is the job's rate limit in this run, shared by all its workers;
-    ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either
-    counts as blocked and not against the timeout; so does waiting for a slot
-    of ``slots``, the job's ``concurrency=`` limit, which each attempt holds
-    (for a generator, until it ends). ``interruptible`` is false
-    for calls running in threads or processes, which cannot be cancelled: their
-    timeout is checked when they return.
+    ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either,
+    and a retry's back-off, count as blocked, and not against the timeout.
+    ``interruptible`` is false for calls running in threads, processes or an
+    executor, which cannot be cut short: their timeout is checked when they
+    return, and a call that returned late is not retried (it ran to completion).
+    ``slots`` is the job's ``concurrency=`` limit: each attempt holds one of its
+    slots (a generator, until it ends); waiting for one counts as blocked too.
+
+    Only the layers a job uses are built: a job without options gets its
+    processor itself, and ``retry=`` alone adds one frame around the call.
+    Everything that happens once per *attempt* is built by :func:`_attempt`.
     """
+    retry = options.retry
     if lock is not None:
         lock = Accounted(lock, counters)
-    if not options.wraps_calls and lock is None:
-        return fn
     if is_gen:
+        if not options.wraps_calls and lock is None:
+            return fn
         return _wrap_gen(fn, options, counters, limit, lock, slots)
-    return _wrap_call(fn, options, counters, limit, lock, interruptible, slots)
+    attempt = _attempt(fn, options.timeout, limit, lock, interruptible, retry is not None, slots)
+    if retry is None:
+        return attempt
+    return _retrying(attempt, retry, counters)
+
+
+@final
+class _Late(Exception):
+    """Inside a retried job: a call that could not be cut short returned after its timeout.
+
+    It ran to completion, so it must not run again; :func:`_retrying` turns it
+    into its :class:`TimeoutError` without retrying.
+    """
+
+    def __init__(self, error: TimeoutError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _late_error(elapsed: float, timeout: float) -> TimeoutError:
+    return TimeoutError(
+        f"the call took {elapsed:.3g}s, longer than its timeout of {timeout:g}s; it ran in a "
+        "thread, process or executor, where it could not be cut short, so it ran to completion: "
+        "its result is discarded and it is not retried"
+    )
+
+
+def _attempt(
+    fn: Callable[[Any], Any],
+    timeout: float | None,
+    limit: RateLimit | None,
+    lock: AbstractAsyncContextManager[Any] | None,
+    interruptible: bool,
+    retried: bool,
+    slots: JobSlots | None = None,
+) -> Callable[[Any], Any]:
+    """One attempt of a call: rate limit -> resource manager -> slot -> timeout -> processor.
+
+    This is the one place where an attempt runs: a layer that acts once per
+    attempt goes here, between the rate limit and the call.
+    """
+    call = fn
+    if timeout is not None:
+        if interruptible:
+
+            async def call(item: Any) -> Any:
+                with anyio.fail_after(timeout) as scope:
+                    result = await fn(item)
+                if scope.cancel_called:  # ran past the deadline without a checkpoint after it
+                    raise TimeoutError(f"the call took longer than {timeout:g}s")
+                return result
+
+        else:
+
+            async def call(item: Any) -> Any:
+                started = anyio.current_time()
+                result = await fn(item)
+                elapsed = anyio.current_time() - started
+                if elapsed > timeout:
+                    error = _late_error(elapsed, timeout)
+                    raise _Late(error) if retried else error
+                return result
+
+    if slots is not None:
+        call = slots.around(call)
+    if limit is None and lock is None:
+        return call
+    timed = call
+
+    async def attempt(item: Any) -> Any:
+        if limit is not None:
+            await limit.acquire()
+        if lock is None:
+            return await timed(item)
+        async with lock:
+            return await timed(item)
+
+    return attempt
+
+
+async def _back_off(delay: float, counters: Counters) -> None:
+    """Wait before the next attempt, counted as blocked: more workers cannot help."""
+    since = counters.enter_blocked()
+    counters.backing_off += 1
+    try:
+        await anyio.sleep(delay)
+    finally:
+        counters.backing_off -= 1
+        counters.leave_blocked(since)
+    counters.retried += 1
 
 
 def _final(exc: Exception, attempt: int) -> Exception:
@@ -260,61 +375,27 @@ def _final(exc: Exception, attempt: int) -> Exception:
     return Exhausted(exc, attempt)
 
 
-def _wrap_call(
-    fn: Callable[[Any], Any],
-    options: JobOptions,
-    counters: Counters,
-    limit: RateLimit | None,
-    lock: AbstractAsyncContextManager[Any] | None,
-    interruptible: bool,
-    slots: JobSlots | None = None,
+def _retrying(
+    attempt: Callable[[Any], Any], retry: Retry, counters: Counters
 ) -> Callable[[Any], Any]:
-    timeout = options.timeout
-    retry = options.retry
-
-    async def timed(item: Any) -> Any:
-        if timeout is None:
-            return await fn(item)
-        if not interruptible:
-            started = anyio.current_time()
-            result = await fn(item)
-            if anyio.current_time() - started > timeout:
-                raise TimeoutError(f"the call took longer than {timeout:g}s")
-            return result
-        with anyio.fail_after(timeout) as scope:
-            result = await fn(item)
-        if scope.cancel_called:  # ran past the deadline without a checkpoint after it
-            raise TimeoutError(f"the call took longer than {timeout:g}s")
-        return result
-
-    call = timed if slots is None else slots.around(timed)
-
-    async def once(item: Any) -> Any:
-        if limit is not None:
-            await limit.acquire()
-        if lock is None:
-            return await call(item)
-        async with lock:
-            return await call(item)
-
-    if retry is None:
-        return once
+    attempts = retry.attempts
 
     async def retried(item: Any) -> Any:
-        attempt = 1
+        n = 1
         while True:
             try:
-                return await once(item)
+                return await attempt(item)
+            except _Late as late:
+                raise _final(late.error, n) from None
             except Exception as exc:
-                if attempt >= retry.attempts or not retry.retries(exc):
-                    final = _final(exc, attempt)
+                if n >= attempts or not retry.retries(exc):
+                    final = _final(exc, n)
                     if final is exc:
                         raise
                     raise final from exc
-                wait = retry_wait(retry, attempt, exc)
-            await back_off(counters, wait)
-            counters.retried += 1
-            attempt += 1
+                delay = retry_wait(retry, n, exc)  # at least an Overloaded's retry_after
+            await _back_off(delay, counters)
+            n += 1
 
     return retried
 
@@ -330,12 +411,6 @@ def _wrap_gen(
     timeout = options.timeout
     retry = options.retry
 
-    async def step(agen: Any) -> Any:
-        if timeout is None:
-            return await agen.__anext__()
-        with anyio.fail_after(timeout):
-            return await agen.__anext__()
-
     async def generate(item: Any) -> AsyncIterator[Any]:
         attempt = 1
         while True:
@@ -348,7 +423,11 @@ def _wrap_gen(
                 contextlib.aclosing(fn(item)) as agen,
             ):
                 try:
-                    first = await step(agen)
+                    if timeout is None:
+                        first = await agen.__anext__()
+                    else:
+                        with anyio.fail_after(timeout):
+                            first = await agen.__anext__()
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
@@ -358,14 +437,21 @@ def _wrap_gen(
                         if final is exc:
                             raise
                         raise final from exc
-                    assert retry is not None
-                    wait = retry_wait(retry, attempt, exc)
+                    delay = retry_wait(retry, attempt, exc)
                 else:
                     # past the first yield: never retried, never duplicated
                     yield first
+                    if timeout is None and attempt == 1:  # nothing to add: pass values on
+                        async for value in agen:
+                            yield value
+                        return
                     while True:
                         try:
-                            value = await step(agen)
+                            if timeout is None:
+                                value = await agen.__anext__()
+                            else:
+                                with anyio.fail_after(timeout):
+                                    value = await agen.__anext__()
                         except StopAsyncIteration:
                             return
                         except Exception as exc:
@@ -374,9 +460,7 @@ def _wrap_gen(
                                 raise
                             raise final from exc
                         yield value
-            assert retry is not None
-            await back_off(counters, wait)
-            counters.retried += 1
+            await _back_off(delay, counters)
             attempt += 1
 
     return generate

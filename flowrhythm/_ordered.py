@@ -1,13 +1,15 @@
 """Ordered output: a bounded reorder window shared by the workers of one job.
 
 Each input gets a sequence number in the instant it leaves the job's queue
-(one worker at a time waits for input, under :attr:`Reorder.lock`). A worker
-that finishes out of turn parks its outputs and goes on with the next input;
-the worker that finishes the head releases it and every parked output behind
-it, in order. At most ``window`` (the job's ``max_workers``) inputs are running
-or finished-but-unreleased at once: the worker that would take one more waits
+(workers take inputs without waiting while the queue has some; one worker at
+a time waits for input, under :attr:`Reorder.lock`). A worker that finishes
+out of turn parks its outputs and goes on with the next input; the worker that
+finishes the head releases it and every parked output behind it, in order. At
+most ``window`` (twice the job's ``max_workers``) inputs are running or
+finished-but-unreleased at once: the worker that would take one more waits
 (counted as *blocked*), so memory is bounded by the window, never by the
-length of the stream.
+length of the stream. A job whose ``max_workers`` is 1 keeps its order by
+itself and has no window.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ if TYPE_CHECKING:
 class Reorder:
     """The reorder window of one job in one run (private)."""
 
-    __slots__ = ("counters", "draining", "head", "lock", "next_seq", "parked", "space", "window")
+    __slots__ = (
+        "counters",
+        "draining",
+        "head",
+        "lock",
+        "next_seq",
+        "parked",
+        "receiving",
+        "space",
+        "window",
+    )
 
     def __init__(self, window: int, counters: Counters) -> None:
         self.window = window
@@ -38,6 +50,8 @@ class Reorder:
         self.space: anyio.Event | None = None
         # Held by the one worker that waits for the next input (see take_in_order).
         self.lock = anyio.Lock()
+        # A worker is inside a waiting receive: the item it gets is not numbered yet.
+        self.receiving = False
 
     def has_room(self) -> bool:
         return self.next_seq - self.head < self.window
@@ -73,8 +87,11 @@ class Reorder:
         on: until then they are still in flight.
         """
         self.parked[seq] = (outputs, completed)
-        if self.draining:
-            return  # the worker draining the head will reach it
+        if not self.draining:  # else the worker draining the head will reach it
+            await self.drain(forward)
+
+    async def drain(self, forward: Callable[[Any], Awaitable[None]]) -> None:
+        """Forward the head and every parked input behind it that is now in order."""
         self.draining = True
         counters = self.counters
         try:
@@ -85,11 +102,12 @@ class Reorder:
                 counters.completed += done
                 counters.outputs_adjust += len(values) - done
                 self.head += 1
-                self._wake()
+                self.wake()
         finally:
             self.draining = False
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """The head moved on: let a worker waiting for room in the window go."""
         if self.space is not None:
             self.space.set()
             self.space = None

@@ -17,15 +17,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, final
+from typing import Any, Final, final
 
 import anyio
 import attrs
 
 from ._offload import ExecutorSpec, check_offload, offloaded
-from ._validate import function_of
+from ._validate import check_number, function_of
+
+logger = logging.getLogger("flowrhythm")
+
+#: Seconds a ProcessorFactory's exit may take, by default (``exit_timeout``).
+EXIT_TIMEOUT: Final = 10.0
 
 #: A processor after normalisation: a coroutine function, or an async generator
 #: function (then ``is_generator`` is true).
@@ -42,8 +48,14 @@ class ProcessorFactory:
     once when it stops (scaled down, end of run, error or cancellation), so a
     per-worker resource (a connection, a session, a model) is opened and closed
     exactly once per worker. What the context manager yields is the processor:
-    an async callable or an async generator function. The exit runs in a
-    shielded cancel scope, so it happens even when the run is cancelled.
+    an async callable or an async generator function.
+
+    The exit runs in a shielded cancel scope, so it happens even when the run
+    is cancelled, for at most ``exit_timeout`` seconds: an exit that takes
+    longer is cancelled, a warning is logged (logger ``"flowrhythm"``), and the
+    worker goes on leaving, so a hanging exit cannot hold up
+    :meth:`RunningFlow.stop` or an outer cancel scope forever. ``None`` waits
+    for the exit however long it takes.
 
     Example::
 
@@ -57,10 +69,16 @@ class ProcessorFactory:
         flow.add(ProcessorFactory(connected))
 
     Args:
-        make: a callable with no arguments returning an async context manager.
+        make: a callable with no arguments returning an async context manager
+            (a function decorated with :func:`contextlib.asynccontextmanager`,
+            a class with ``__aenter__`` / ``__aexit__``...).
+        exit_timeout: seconds the shielded exit may take (default 10), or
+            ``None`` for no limit.
 
     Raises:
-        TypeError: ``make`` is not callable.
+        TypeError: ``make`` is not callable, or is itself an async function or
+            an async generator function (``@asynccontextmanager`` forgotten).
+        ValueError: ``exit_timeout`` is not a positive number.
 
     .. versionadded:: 0.1
     """
@@ -68,14 +86,27 @@ class ProcessorFactory:
     make: Callable[[], AbstractAsyncContextManager[Any]] = attrs.field(
         validator=attrs.validators.is_callable()
     )
+    exit_timeout: float | None = attrs.field(default=EXIT_TIMEOUT, kw_only=True)
 
     @make.validator
     def _check_make(self, attribute: attrs.Attribute[Any], value: object) -> None:
-        if inspect.iscoroutinefunction(value):
+        function = function_of(value)
+        if inspect.isasyncgenfunction(function):
+            raise TypeError(
+                f"make must return an async context manager when called, not be an async "
+                f"generator function: {value!r} (decorate it with "
+                "@contextlib.asynccontextmanager)"
+            )
+        if inspect.iscoroutinefunction(function):
             raise TypeError(
                 f"make must return an async context manager when called, not be an async "
                 f"function: {value!r} (decorate it with @contextlib.asynccontextmanager)"
             )
+
+    @exit_timeout.validator
+    def _check_exit_timeout(self, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_number("exit_timeout", value, low=0.0, low_open=True)
 
 
 def default_name(processor: object) -> str:
@@ -86,7 +117,9 @@ def default_name(processor: object) -> str:
     name = getattr(target, "__qualname__", None)
     if not isinstance(name, str):
         name = type(target).__qualname__
-    return name
+    # A function defined inside another is named by itself: "call_api", not
+    # "main.<locals>.call_api".
+    return name.rpartition("<locals>.")[2]
 
 
 def decorated(processor: object, attr: str) -> Any:
@@ -119,6 +152,42 @@ def kind(processor: object, *, what: str = "processor") -> bool:
     )
 
 
+#: ``Stage.build`` without a resource manager (``None`` is a wrong one).
+NO_LOCK: Final[Any] = object()
+
+
+def check_resource_manager(manager: object) -> None:
+    """Refuse what is not an async context manager *instance* (``add_job_with_lock``).
+
+    A class (``anyio.Lock`` without its parentheses) has ``__aenter__`` and
+    ``__aexit__`` too, as plain functions: calling them would fail on every
+    item at run time, so it is refused here with the fix.
+
+    Raises:
+        TypeError: ``manager`` is ``None``, a class, lacks ``__aenter__`` /
+            ``__aexit__``, or is a single-use ``@asynccontextmanager`` object.
+    """
+    if isinstance(manager, type):
+        raise TypeError(
+            f"resource_manager must be an async context manager instance, got the class "
+            f"{manager.__qualname__} (did you mean {manager.__qualname__}()?)"
+        )
+    aenter = getattr(type(manager), "__aenter__", None)
+    aexit = getattr(type(manager), "__aexit__", None)
+    if not (callable(aenter) and callable(aexit)):
+        raise TypeError(
+            f"resource_manager must be an async context manager (such as anyio.Lock()), "
+            f"got {manager!r}"
+        )
+    if isinstance(manager, contextlib._AsyncGeneratorContextManager):
+        raise TypeError(
+            f"resource_manager is entered once per call, but {manager!r} comes from an "
+            "@asynccontextmanager function and can be entered only once; pass one that "
+            "can be entered many times (anyio.Lock(), anyio.Semaphore(n), "
+            "anyio.CapacityLimiter(n)), or open per-worker resources with a ProcessorFactory"
+        )
+
+
 @final
 @attrs.frozen
 class Stage:
@@ -128,26 +197,30 @@ class Stage:
     lock: AbstractAsyncContextManager[Any] | None = None
     is_generator: bool = False
     executor: ExecutorSpec | None = None
+    #: ``timeout=`` of the job: how long an Executor call may wait in its queue.
+    start_timeout: float | None = None
 
     @classmethod
-    def build(cls, processor: object, lock: object = None, executor: object = None) -> Stage:
-        if lock is not None and not (
-            callable(getattr(lock, "__aenter__", None))
-            and callable(getattr(lock, "__aexit__", None))
-        ):
-            raise TypeError(
-                f"resource_manager must be an async context manager "
-                f"(such as anyio.Lock()), got {lock!r}"
-            )
+    def build(
+        cls,
+        processor: object,
+        lock: object = NO_LOCK,
+        executor: object = None,
+        start_timeout: float | None = None,
+    ) -> Stage:
+        """Normalise a processor; ``lock`` is the resource manager of ``add_job_with_lock``."""
+        if lock is not NO_LOCK:
+            check_resource_manager(lock)
+        manager = None if lock is NO_LOCK else lock
         if executor is not None:
             if isinstance(processor, ProcessorFactory):
                 raise TypeError("executor= takes a synchronous callable, not a ProcessorFactory")
             check_offload(processor, executor)
-            return cls(processor, lock, False, executor)  # type: ignore[arg-type]
+            return cls(processor, manager, False, executor, start_timeout)  # type: ignore[arg-type]
         if isinstance(processor, ProcessorFactory):
-            return cls(processor, lock)  # type: ignore[arg-type]
+            return cls(processor, manager)  # type: ignore[arg-type]
         is_gen = kind(processor)
-        return cls(processor, lock, is_gen)  # type: ignore[arg-type]
+        return cls(processor, manager, is_gen)  # type: ignore[arg-type]
 
     @contextlib.asynccontextmanager
     async def open(
@@ -162,12 +235,14 @@ class Stage:
             fn = self.processor
             if self.executor is not None:
                 assert limiter is not None
-                fn = offloaded(fn, self.executor, limiter)
+                fn = offloaded(fn, self.executor, limiter, self.start_timeout)
             yield fn, self.is_generator
             return
 
         manager = self.processor.make()
-        if not (hasattr(manager, "__aenter__") and hasattr(manager, "__aexit__")):
+        if isinstance(manager, type) or not (
+            hasattr(type(manager), "__aenter__") and hasattr(type(manager), "__aexit__")
+        ):
             raise TypeError(
                 f"ProcessorFactory.make() must return an async context manager, got {manager!r}"
             )
@@ -178,9 +253,26 @@ class Stage:
         except BaseException as exc:
             # The worker's exception (or cancellation) always propagates: a
             # factory may observe it but not swallow it.
-            with anyio.CancelScope(shield=True):
-                await manager.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._exit(manager, exc)
             raise
         else:
-            with anyio.CancelScope(shield=True):
+            await self._exit(manager, None)
+
+    async def _exit(self, manager: Any, exc: BaseException | None) -> None:
+        """Exit a factory's context shielded from cancellation, within its ``exit_timeout``."""
+        assert isinstance(self.processor, ProcessorFactory)
+        timeout = self.processor.exit_timeout
+        with anyio.CancelScope(shield=True) as scope:
+            if timeout is not None:
+                scope.deadline = anyio.current_time() + timeout
+            if exc is None:
                 await manager.__aexit__(None, None, None)
+            else:
+                await manager.__aexit__(type(exc), exc, exc.__traceback__)
+        if scope.cancelled_caught:
+            logger.warning(
+                "the exit of a ProcessorFactory (%r) took longer than its exit_timeout of %gs: "
+                "it was cancelled and the worker left without it",
+                self.processor.make,
+                timeout,
+            )

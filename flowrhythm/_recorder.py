@@ -16,7 +16,7 @@ import attrs
 from ._validate import check_count, check_number
 
 if TYPE_CHECKING:
-    from ._runtime import RunningFlow
+    from ._runtime import FlowResults, RunningFlow
     from ._stats import FlowStats
 
 
@@ -100,9 +100,12 @@ class Timeline:
 
 
 def record(
-    running: RunningFlow, *, interval: float = 0.1, max_samples: int = 10_000
+    running: RunningFlow | FlowResults, *, interval: float = 0.1, max_samples: int = 10_000
 ) -> contextlib.AbstractAsyncContextManager[Timeline]:
     """Sample ``running.stats()`` every ``interval`` seconds while the block runs.
+
+    ``running`` is a :class:`RunningFlow` (from :meth:`Flow.start`) or the
+    :class:`FlowResults` of :meth:`Flow.stream`.
 
     Example::
 
@@ -125,7 +128,7 @@ def record(
 
 @contextlib.asynccontextmanager
 async def _recording(
-    running: RunningFlow, interval: float, max_samples: int
+    running: RunningFlow | FlowResults, interval: float, max_samples: int
 ) -> AsyncIterator[Timeline]:
     timeline = Timeline(max_samples)
 

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
-from anyio import BrokenResourceError, ClosedResourceError, WouldBlock
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream, WouldBlock
 from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import ErrorItem, LastWorkItem
@@ -51,13 +51,17 @@ class Run:
         self.items_in = 0
         self.ended_by_flow = False
         self.input_closed = False
+        self.stopped = False  # cancelled: stopped, failed or left early
         self.failure: Exception | None = None
         self.done = anyio.Event()  # every job drained
-        self.ended = anyio.Event()  # the run is over, however it ended
-        self.started_at = anyio.current_time()
+        self.over = False  # the run is over, however it ended
+        self._settled: anyio.Event | None = None  # made by join: done, or over
+        # The event loop's clock, looked up once for the run (and its jobs).
+        self.clock: Callable[[], float] = current_token().backend_class.current_time
+        self.started_at = self.clock()
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
-        self.feed_scope = anyio.CancelScope()
+        self.feed_scope: anyio.CancelScope | None = None  # made by feed()
 
         try:
             self._build(specs, error_spec, results)
@@ -114,14 +118,24 @@ class Run:
     def job_finished(self) -> None:
         self._unfinished -= 1
         if self._unfinished == 0:
-            self.ended_at = anyio.current_time()
+            self.ended_at = self.clock()
             self.done.set()
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._settled is not None:
+            self._settled.set()
+
+    async def settled(self) -> None:
+        """Wait until every job has drained, or the run is over however it ended."""
+        if not self.done.is_set() and not self.over:
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
 
     def scaled(self, job: Job, old: int, new: int, reason: str) -> None:
         """Record one scaling decision: a DEBUG log record, and the user's callback."""
-        event = ScalingEvent(
-            job=job.name, time=anyio.current_time(), old=old, new=new, reason=reason
-        )
+        event = ScalingEvent(job=job.name, time=self.clock(), old=old, new=new, reason=reason)
         log_scaling(event)
         if self.on_scale is not None:
             self.on_scale(event)
@@ -131,7 +145,8 @@ class Run:
         if not self.input_closed:
             self.ended_by_flow = True
         self.close_input()
-        self.feed_scope.cancel()
+        if self.feed_scope is not None:
+            self.feed_scope.cancel()
 
     def close_input(self) -> None:
         self.input_closed = True
@@ -146,11 +161,25 @@ class Run:
 
     def cancel(self) -> None:
         self.ended_by_flow = True
+        self.stopped = True
         assert self.task_group is not None
         self.task_group.cancel_scope.cancel()
 
+    def ended_now(self) -> None:
+        """The run is over: its stats stop ageing (they keep the time it ended)."""
+        if self.ended_at is None:
+            self.ended_at = self.clock()
+
     async def feed(self, source: Iterable[Any] | AsyncIterable[Any]) -> None:
-        """Take items from ``source`` only as fast as the first job accepts them."""
+        """Take items from ``source`` only as fast as the first job accepts them.
+
+        Only the flow's own input being closed (the flow ended it) stops the
+        feed quietly; anything the source raises, ``ClosedResourceError``
+        included, fails the run.
+        """
+        self.feed_scope = anyio.CancelScope()
+        if self.input_closed:
+            return  # ended before the feed began
         with self.feed_scope:
             try:
                 if isinstance(source, AsyncIterable):
@@ -166,8 +195,6 @@ class Run:
                                 await aclose()
                 else:
                     await self._feed_iterable(source)
-            except ClosedResourceError:
-                pass  # the input was ended while we waited to send
             finally:
                 self.close_input()
 
@@ -182,10 +209,15 @@ class Run:
             try:
                 send_nowait(item)
             except WouldBlock:
-                await self.input.send(item)
+                try:
+                    await self.input.send(item)
+                except ClosedResourceError:
+                    return  # the flow ended its input while we waited to send
                 self.items_in += 1
                 budget = YIELD_EVERY
                 continue
+            except ClosedResourceError:
+                return  # the flow ended its input
             self.items_in += 1
             budget -= 1
             if not budget:
@@ -199,7 +231,12 @@ class Run:
         try:
             self.input.send_nowait(item)
         except WouldBlock:
-            await self.input.send(item)
+            try:
+                await self.input.send(item)
+            except ClosedResourceError:
+                return False  # the flow ended its input while we waited to send
+        except ClosedResourceError:
+            return False  # the flow ended its input
         else:
             self.items_in += 1
             if not self.items_in % YIELD_EVERY:
@@ -211,7 +248,7 @@ class Run:
     # -- observing ---------------------------------------------------------------
 
     def snapshot(self) -> FlowStats:
-        end = self.ended_at if self.ended_at is not None else anyio.current_time()
+        end = self.ended_at if self.ended_at is not None else self.clock()
         last = self.jobs[-1].counters
         return FlowStats(
             jobs={job.name: job.snapshot() for job in self.all_jobs},
@@ -235,13 +272,15 @@ async def open_run(
     run = Run(specs, error_spec, results=results, on_scale=on_scale)
     try:
         async with anyio.create_task_group() as task_group:
-            run.start(task_group)
-            if source is not None:
+            if source is not None:  # first: the workers then find their first items waiting
                 task_group.start_soon(run.feed, source, name="flowrhythm source")
+            run.start(task_group)
             yield run
     finally:
+        run.ended_now()
         run.close_streams()
-        run.ended.set()
+        run.over = True
+        run._settle()
     if run.failure is not None:
         raise ExceptionGroup("the flowrhythm run failed", [run.failure])
 
@@ -272,27 +311,45 @@ class RunningFlow:
     async def send(self, item: Any) -> None:
         """Send ``item`` into the first job, waiting while its queue is full.
 
-        Sending :class:`LastWorkItem` is the same as :meth:`close`.
+        Sending :class:`LastWorkItem` is the same as :meth:`close`. While the
+        first job's queue has room the item goes in without a trip through the
+        scheduler; a caller sending in a loop still yields to other tasks every
+        few dozen items.
 
         Raises:
             anyio.ClosedResourceError: the input was closed with :meth:`close`.
             anyio.BrokenResourceError: the flow ended its input itself (a
-                processor returned :class:`LastWorkItem`, or :meth:`stop`).
+                processor returned :class:`LastWorkItem`), or the run was
+                stopped, failed or cancelled (inside the run's own block, the
+                cancellation itself is raised then, and the block exits).
         """
         if item.__class__ is LastWorkItem:
             await self.close()
             return
         run = self._run
+        if run.stopped:
+            # Inside the run's own block the cancellation comes first (the block
+            # then exits quietly); anywhere else the send fails.
+            await checkpoint_if_cancelled()
+            raise _broken()
         try:
-            await run.input.send(item)
+            run.input.send_nowait(item)
+        except WouldBlock:
+            try:
+                await run.input.send(item)
+            except ClosedResourceError:
+                if run.ended_by_flow:
+                    raise _broken() from None
+                raise
+            run.items_in += 1
+            return
         except ClosedResourceError:
             if run.ended_by_flow:
-                raise BrokenResourceError(
-                    "the flow has ended its input (a processor returned LastWorkItem, "
-                    "or the run was stopped)"
-                ) from None
+                raise _broken() from None
             raise
         run.items_in += 1
+        if not run.items_in % YIELD_EVERY:
+            await checkpoint()
 
     async def close(self) -> None:
         """End the input: items already sent are still processed, then the flow drains."""
@@ -307,15 +364,7 @@ class RunningFlow:
         failure itself is raised where the run's ``async with`` block ends.
         """
         run = self._run
-        if not run.done.is_set() and not run.ended.is_set():
-            async with anyio.create_task_group() as task_group:
-
-                async def wait_and_stop(event: anyio.Event) -> None:
-                    await event.wait()
-                    task_group.cancel_scope.cancel()
-
-                task_group.start_soon(wait_and_stop, run.done)
-                task_group.start_soon(wait_and_stop, run.ended)
+        await run.settled()
         return run.snapshot()
 
     def stop(self) -> None:
@@ -324,6 +373,126 @@ class RunningFlow:
         A plain call, like :meth:`anyio.CancelScope.cancel`; afterwards the
         ``async with`` block exits without raising.
         """
+        self._run.cancel()
+
+    def stats(self) -> FlowStats:
+        """A live snapshot of the run's counters and worker states."""
+        return self._run.snapshot()
+
+    @property
+    def done(self) -> bool:
+        """Whether every job has drained."""
+        return self._run.done.is_set()
+
+
+def _broken() -> BrokenResourceError:
+    return BrokenResourceError(
+        "the flow has ended its input (a processor returned LastWorkItem, "
+        "or the run was stopped, failed or cancelled)"
+    )
+
+
+@final
+class FlowResults:
+    """The outputs of a run started with :meth:`Flow.stream`, as they come.
+
+    Obtained only from ``async with flow.stream(source) as results:``. An async
+    iterator over the last job's outputs: while outputs are waiting it hands
+    them out without a trip through the scheduler (yielding to other tasks
+    every few dozen outputs), so reading them costs about what :meth:`Flow.run`
+    costs. It also observes and controls its run, like a :class:`RunningFlow`:
+    :meth:`stats` and :meth:`stop`; :func:`monitor` and :func:`record` accept it.
+
+    Closing it (``await results.aclose()``, or leaving ``async with results:``)
+    before the outputs have ended is leaving early: the run is cancelled, as by
+    :meth:`stop`, and no item is routed to the error job because of it.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("_budget", "_receive", "_run")
+    _run: Run
+    _receive: MemoryObjectReceiveStream[Any]
+    _budget: int
+
+    def __init__(self) -> None:
+        raise TypeError(
+            "FlowResults is obtained from `async with flow.stream(source) as results:`"
+        )
+
+    @classmethod
+    def _create(cls, run: Run, receive: MemoryObjectReceiveStream[Any]) -> FlowResults:
+        self = object.__new__(cls)
+        self._run = run
+        self._receive = receive
+        self._budget = YIELD_EVERY
+        return self
+
+    def __aiter__(self) -> FlowResults:
+        return self
+
+    async def __anext__(self) -> Any:
+        budget = self._budget - 1
+        if budget:
+            self._budget = budget
+            try:
+                return self._receive.receive_nowait()
+            except WouldBlock:
+                pass
+            except EndOfStream:
+                raise StopAsyncIteration from None
+            except ClosedResourceError:
+                await self._closed()
+                raise
+        self._budget = YIELD_EVERY
+        try:
+            return await self.receive()  # a checkpoint, then the wait
+        except EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> Any:
+        """The next output, waiting for it if none is there.
+
+        Raises:
+            anyio.EndOfStream: the outputs have ended.
+            anyio.ClosedResourceError: the results were closed (inside the
+                run's block the cancellation of the run comes first).
+        """
+        try:
+            return await self._receive.receive()
+        except ClosedResourceError:
+            await self._closed()
+            raise
+
+    async def _closed(self) -> None:
+        """Read after closing: inside the run's block, the run's cancellation comes first."""
+        if self._run.stopped:
+            await checkpoint_if_cancelled()
+
+    def _ended(self) -> bool:
+        """Whether every output has been handed out (the last job has finished)."""
+        statistics = self._receive.statistics()
+        return not statistics.open_send_streams and not statistics.current_buffer_used
+
+    def close(self) -> None:
+        """Stop reading; before the outputs have ended, this cancels the run."""
+        if not self._ended():
+            self._run.cancel()  # leaving early
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        """Stop reading; before the outputs have ended, this cancels the run."""
+        self.close()
+        await checkpoint()
+
+    async def __aenter__(self) -> FlowResults:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def stop(self) -> None:
+        """Cancel the run now: unfinished items are abandoned (see :meth:`RunningFlow.stop`)."""
         self._run.cancel()
 
     def stats(self) -> FlowStats:
@@ -346,7 +515,8 @@ async def start_run(
         yield RunningFlow._create(run)
         # Left normally: end the input and wait for the drain.
         run.close_input()
-        await run.done.wait()
+        if not run.done.is_set():
+            await run.done.wait()
 
 
 @contextlib.asynccontextmanager
@@ -355,11 +525,10 @@ async def stream_run(
     error_spec: JobSpec | None,
     source: Iterable[Any] | AsyncIterable[Any],
     on_scale: Callable[[ScalingEvent], object] | None = None,
-) -> AsyncIterator[MemoryObjectReceiveStream[Any]]:
+) -> AsyncIterator[FlowResults]:
     async with open_run(specs, error_spec, source=source, results=True, on_scale=on_scale) as run:
-        results = run.results
-        assert results is not None
+        assert run.results is not None
+        results = FlowResults._create(run, run.results)
         yield results
-        statistics = results.statistics()
-        if statistics.open_send_streams or statistics.current_buffer_used:
+        if not results._ended():
             run.cancel()  # left before the results ended: stop the run

@@ -241,17 +241,29 @@ class FlowStats:
         For example ``"parse: workers 100% active at max_workers=8, upstream
         blocked 71% of the time"``. It looks at the share of worker-time each
         job spent active, idle and blocked — since the run started, or since
-        the earlier snapshot ``since`` — and names the busiest job, or the
-        source (every job waits for input), or the consumer of the results
-        (the last job is blocked handing them on).
+        the earlier snapshot ``since`` — and names the busiest job, as long as
+        its workers are busy more than half of the time (a job with half its
+        pool idle does not limit the flow); otherwise the source (the jobs wait
+        for input), or the consumer of the results (the last job is blocked
+        handing them on). Once the run is done, the worker figure is the
+        run's average.
 
         .. versionadded:: 0.1
         """
         return bottleneck(self, since)
 
-    def report(self) -> str:
-        """All jobs as a plain-text table, with totals and the bottleneck line.
+    def report(self, width: int | None = None) -> str:
+        """All jobs as a plain-text table of run averages, with totals and the bottleneck.
+
+        Per job: the average worker count and its range, the shares of worker
+        time spent active, idle and blocked, the counters, items per second
+        over the whole run, and the median and 99th percentile processing time.
+
+        Args:
+            width: the widest line allowed; by default the terminal's width (100
+                columns without a terminal). The least useful columns are left
+                out of a narrow table.
 
         .. versionadded:: 0.1
         """
-        return report(self)
+        return report(self, width)

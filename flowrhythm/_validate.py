@@ -46,7 +46,10 @@ def check_number(
     """Check a real number against a range; return it as a float."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
     if math.isnan(number) or (math.isinf(number) and not allow_inf):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (number < low or (low_open and number == low)):

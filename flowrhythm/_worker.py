@@ -49,8 +49,9 @@ class Worker:
 
     __slots__ = ("leaving", "rescued", "retiring", "scope", "waiting")
 
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
+    def __init__(self, *, retirable: bool = True) -> None:
+        # Only a worker of a scaling job can be retired, and so needs a scope.
+        self.scope: anyio.CancelScope | None = anyio.CancelScope() if retirable else None
         self.waiting = False  # in the idle wait for input: safe to cancel
         self.retiring = False
         self.leaving = False
@@ -66,6 +67,7 @@ class Worker:
         self.retiring = True
         if self.waiting:
             self.leaving = True
+            assert self.scope is not None, "a worker of a job that does not scale is retired"
             self.scope.cancel()
 
     def revive(self) -> bool:
@@ -124,6 +126,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
     finally:
         worker.waiting = False
         counters.leave_idle(since)
+    counters.received += 1  # counted the instant it leaves the queue
     if worker.leaving:
         worker.rescued = item
         return NOTHING
@@ -135,7 +138,9 @@ async def work(
 ) -> None:
     """Run one worker until its input ends, it is retired, or it fails.
 
-    ``item`` is a first item already taken from the input for this worker.
+    ``item`` is a first item already taken from the input (and counted as
+    received) for this worker. Every input is counted as received the instant it
+    leaves the queue.
     """
     counters = job.counters
     receive_nowait = job.receive.receive_nowait
@@ -155,11 +160,11 @@ async def work(
         except EndOfStream:
             job.input_ended = True
             return
+        else:
+            counters.received += 1
         if item is NOTHING:
             return
     while True:
-        counters.received += 1
-
         # -- process and forward ---------------------------------------------
         if is_gen:
             if counters.received & latency.mask:
@@ -218,6 +223,8 @@ async def work(
         except EndOfStream:
             job.input_ended = True
             return
+        else:
+            counters.received += 1
 
 
 async def work_general(
@@ -250,13 +257,9 @@ async def work_general(
                 item, seq = taken
             else:
                 item = taken
-        elif isinstance(item, Numbered):  # rescued, or a batch gathered by the doorman
+        elif isinstance(item, Numbered):  # rescued, or handed over by the doorman
             item, seq = item.item, item.seq
-        elif reorder is not None and not batched:  # handed over by the doorman
-            seq = reorder.take()
         weight = len(item) if batched else 1
-        if not batched:
-            counters.received += 1
 
         # -- process: outputs go downstream now, or park until their turn ---------------
         outputs: list[Any] | None = [] if reorder is not None else None
@@ -277,6 +280,113 @@ async def work_general(
             await checkpoint()
 
 
+async def work_ordered(
+    job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
+) -> None:
+    """The worker loop of an ordered job whose processor is a plain call.
+
+    The steps of :func:`work`, with a number per input: an input whose turn it is
+    when its call returns is handed on at once (the common case); one that
+    finished out of turn is parked in the reorder window. Generators and
+    batches run :func:`work_general`.
+    """
+    reorder = job.reorder
+    assert reorder is not None
+    counters = job.counters
+    latency = counters.latency
+    receive_nowait = job.receive.receive_nowait
+    out = job.send
+    send_nowait = out.send_nowait if out is not None else None
+    parked = reorder.parked
+    clock = counters.timer  # in step with the event loop's clock, virtual or real
+    cancelled_exc = anyio.get_cancelled_exc_class()
+    last = LastWorkItem
+    budget = YIELD_EVERY
+    seq = 0
+    if isinstance(item, Numbered):  # rescued, or handed over by the doorman
+        item, seq = item.item, item.seq
+
+    while True:
+        # -- take an input, numbered as it leaves the queue -----------------------------
+        if item is NOTHING:
+            if worker.retiring:
+                return  # asked to leave: this is the safe point after an item
+            if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
+                try:
+                    item = receive_nowait()
+                except WouldBlock:
+                    pass
+                except EndOfStream:
+                    job.input_ended = True
+                    return
+                else:
+                    counters.received += 1
+                    seq = reorder.next_seq
+                    reorder.next_seq = seq + 1
+            if item is NOTHING:
+                taken = await take_in_order(job, worker, reorder)
+                if taken is NOTHING:
+                    return
+                item, seq = taken
+                budget = YIELD_EVERY
+
+        # -- process ------------------------------------------------------------------
+        ok = True
+        try:
+            if counters.received & latency.mask:
+                result = await fn(item)
+            else:  # timed: see flowrhythm._timing.Timings
+                started = clock()
+                result = await fn(item)
+                latency.add(clock() - started)
+        except StopProcessing:
+            counters.skipped += 1
+            ok = False
+        except Exception as exc:  # noqa: BLE001 - every failure is routed
+            await job.fail(item, exc)
+            ok = False
+        except cancelled_exc as exc:
+            await _check_cancel(job, exc)
+            raise
+        item = NOTHING
+
+        # -- release in order: at once if this input is the head -----------------------
+        if ok and result.__class__ is last:
+            job.end_input()
+            outputs: list[Any] = []
+        elif ok:
+            outputs = [result]
+        else:
+            outputs = []
+        if seq != reorder.head or reorder.draining:
+            await reorder.release(seq, outputs, 1 if ok else 0, job.forward)
+        else:
+            if outputs and send_nowait is not None:
+                try:
+                    send_nowait(result)
+                except WouldBlock:
+                    reorder.draining = True  # workers finishing meanwhile park
+                    try:
+                        await job.forward(result)
+                    finally:
+                        reorder.draining = False
+                    budget = YIELD_EVERY
+            if ok:
+                counters.completed += 1
+                if not outputs:
+                    counters.outputs_adjust -= 1
+            reorder.head = seq + 1
+            reorder.wake()
+            if reorder.head in parked:
+                await reorder.drain(job.forward)
+
+        # -- stay fair -----------------------------------------------------------------
+        budget -= 1
+        if not budget:
+            budget = YIELD_EVERY
+            await checkpoint()
+
+
 @final
 class Numbered:
     """An input and its sequence number, kept together across a rescue."""
@@ -291,47 +401,61 @@ class Numbered:
 async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
 
-    Inputs are numbered in the order they leave the queue. Without waiting, a
-    worker takes one only if nobody is waiting for input and the window has
-    room. Otherwise it waits for room (blocked), then queues on the reorder lock
-    (idle); the holder waits for an input and numbers it before anyone else can
-    take one. A worker in here holds no item, so retiring it is safe throughout.
+    Inputs are numbered (and counted as received) the instant they leave the
+    queue. Without waiting, a worker takes one whenever the window has room and
+    no worker is inside a waiting ``receive`` (whose item may already be on its
+    way to it, not yet numbered). Otherwise it waits for room (blocked), then
+    queues on the reorder lock (idle): the holder takes an input without waiting
+    if one is there, or else waits for one, and numbers it. Quick takes never
+    queue behind the lock, only behind a worker really waiting for input. A
+    worker in here holds no item, so retiring it is safe throughout.
     """
     if worker.retiring:
         return NOTHING
-    if not reorder.lock.locked() and reorder.has_room():
+    receive = job.receive
+    counters = job.counters
+    if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
         try:
-            return job.receive.receive_nowait(), reorder.take()
+            item = receive.receive_nowait()
         except WouldBlock:
             pass
         except EndOfStream:
             job.input_ended = True
             return NOTHING
-    counters = job.counters
+        else:
+            counters.received += 1
+            return item, reorder.take()
+    lock = reorder.lock
     worker.waiting = True
     try:
         while True:
             await reorder.wait_for_room()  # blocked while the window is full
             since = counters.enter_idle()
             try:
-                await reorder.lock.acquire()  # idle: another worker waits for input
+                await lock.acquire()  # idle: another worker waits for input
             finally:
                 counters.leave_idle(since)
-            if reorder.has_room():
-                break
-            reorder.lock.release()  # the window filled up meanwhile
-        try:
-            since = counters.enter_idle()
             try:
-                item = await job.receive.receive()
+                if not reorder.has_room():
+                    continue  # the window filled up meanwhile
+                try:
+                    item = receive.receive_nowait()
+                except WouldBlock:
+                    reorder.receiving = True
+                    since = counters.enter_idle()
+                    try:
+                        item = await receive.receive()
+                    finally:
+                        reorder.receiving = False
+                        counters.leave_idle(since)
+                counters.received += 1
+                seq = reorder.take()
+                break
             except EndOfStream:
                 job.input_ended = True
                 return NOTHING
             finally:
-                counters.leave_idle(since)
-            seq = reorder.take()
-        finally:
-            reorder.lock.release()
+                lock.release()
     finally:
         worker.waiting = False
     if worker.leaving:

@@ -569,3 +569,11 @@ async def test_factory_workers_are_exited_when_scaled_down() -> None:
             )
             assert sessions.entered == 3
     assert sessions.exited == sessions.entered
+
+
+async def test_a_nested_function_is_named_by_itself() -> None:
+    async def call_api(item: int) -> int:
+        return item
+
+    flow = Flow().add(call_api).add(call_api)
+    assert await job_names(flow) == {"call_api", "call_api#2"}

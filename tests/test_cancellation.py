@@ -289,8 +289,9 @@ OPTION_CAPACITIES: dict[str, Capacity] = {
     "sink": Capacity(min_workers=1, max_workers=1, queue_length=1),
     "errors": Capacity(min_workers=1, max_workers=1, queue_length=1),
 }
-#: The most items a job may hold: the reorder window counts batches of a batched job.
-OPTION_HELD = {"batch": 3 * BATCH_SIZE, "split": 1, "ordered": 4, "sink": 1, "errors": 1}
+#: The most items a job may hold: the reorder window (2 x max_workers) counts batches of a
+#: batched job.
+OPTION_HELD = {"batch": 2 * 3 * BATCH_SIZE, "split": 1, "ordered": 2 * 4, "sink": 1, "errors": 1}
 
 
 class OptionsInstant:
@@ -357,7 +358,7 @@ async def cancel_one_with_options(backend_rng: random.Random) -> bool:
     rng = random.Random(backend_rng.getrandbits(64))
     instant = OptionsInstant(rng)
     n = rng.randrange(0, MAX_ITEMS)
-    rounds = rng.randrange(0, 2 * n + 20)
+    rounds = rng.randrange(0, n + 20)  # sends go in without a round each
     before = live_tasks()
     finished = False
     handle: list[RunningFlow] = []

@@ -1,4 +1,4 @@
-"""Capacity / UtilizationCapacity validation and the capacity decorators (API §2)."""
+"""Capacity / UtilizationCapacity validation and the capacity decorators."""
 
 from __future__ import annotations
 

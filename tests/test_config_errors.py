@@ -1,6 +1,6 @@
 """Bad configuration: every invalid value of every public option raises at construction.
 
-Each table row is one invalid value of one field. The contract (API §2, §7): the
+Each table row is one invalid value of one field. As the docs promise: the
 constructor (or ``Flow.add``, or the decorator) raises -- ``TypeError`` for a value of
 the wrong type (``bool`` where a number is expected included: ``True`` is an ``int`` to
 Python, never a worker count to a person), ``ValueError`` for a value out of range

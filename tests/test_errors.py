@@ -131,7 +131,7 @@ async def test_exception_is_routed_to_the_error_job(
         assert isinstance(error, ErrorItem)
         # The item is the input of the failing job, not the original source item.
         assert error.exception is raised[error.item]
-        assert error.job == fail_multiples_of_three.__qualname__
+        assert error.job == fail_multiples_of_three.__name__
 
 
 async def test_error_counters() -> None:
@@ -356,8 +356,8 @@ async def test_error_item_names_a_suffixed_default_name() -> None:
     log = ErrorLog()
     flow = Flow().add(fail_on_two, capacity=ONE).add(fail_on_two, capacity=ONE).add_error_job(log)
     await run(flow, [1, 2, 3, 1])
-    # Only item 2 fails, in the first job: its name is the plain qualname.
-    assert [error.job for error in log.errors] == [fail_on_two.__qualname__]
+    # Only item 2 fails, in the first job: its name is the function's own.
+    assert [error.job for error in log.errors] == [fail_on_two.__name__]
 
     async def dec(item: int) -> int:
         return item - 1
@@ -372,5 +372,5 @@ async def test_error_item_names_a_suffixed_default_name() -> None:
     )
     stats = await run(flow2, [3])
     # 3 passes the first job, becomes 2, fails in the second fail_on_two job.
-    assert [error.job for error in log2.errors] == [f"{fail_on_two.__qualname__}#2"]
-    assert stats.jobs[f"{fail_on_two.__qualname__}#2"].errored == 1
+    assert [error.job for error in log2.errors] == [f"{fail_on_two.__name__}#2"]
+    assert stats.jobs[f"{fail_on_two.__name__}#2"].errored == 1

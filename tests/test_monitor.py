@@ -122,7 +122,9 @@ def test_workers_bar_shows_a_single_worker() -> None:
 
 def test_plain_line_names_every_job_and_the_bottleneck() -> None:
     line = plain_line(flow_stats())
-    assert line.startswith("[1.0s] in=100 out=90 | fetch w=4/8 i/a/b=1/2/1 q=5/10 42.5/s err=3")
+    assert line.startswith(
+        "[1.0s] 100 items in, 90 outputs of fetch | fetch w=4/8 i/a/b=1/2/1 q=5/10 42.5/s err=3 |"
+    )
     assert "bottleneck: fetch" in line
     assert "\n" not in line
 
@@ -160,7 +162,7 @@ def test_display_choice() -> None:
     assert isinstance(open_display(terminal(), True, "t"), PlainDisplay)
     live = open_display(terminal(), None, "t")
     assert isinstance(live, LiveDisplay)
-    live.close(None, None)
+    live.close(None, "")
 
 
 # -- the monitor around a run -----------------------------------------------------------
@@ -171,7 +173,7 @@ async def test_plain_lines_on_a_non_terminal_console() -> None:
     console = not_a_terminal(out)
     with anyio.fail_after(HANG_GUARD):
         async with small_flow().start() as running, monitor(running, console=console):
-            await wait_until(lambda: "in=" in out.getvalue())
+            await wait_until(lambda: "items in" in out.getvalue())
             stats = await feed(running)
     text = out.getvalue()
     first = text.splitlines()[0]
@@ -179,7 +181,7 @@ async def test_plain_lines_on_a_non_terminal_console() -> None:
     assert "inc w=" in first
     assert "check w=" in first
     assert "bottleneck:" in first
-    assert stats.report() in text  # the summary at the end
+    assert stats.report(width=console.width) in text  # the summary at the end
 
 
 async def test_live_view_on_a_recording_terminal_exports_svg() -> None:
@@ -193,7 +195,7 @@ async def test_live_view_on_a_recording_terminal_exports_svg() -> None:
     text = console.export_text(clear=False)
     assert "small" in text
     assert "summary" in text
-    assert stats.report().splitlines()[-1] in text
+    assert stats.report(width=console.width).splitlines()[-1] in text
     svg = console.export_svg(title="monitor")
     assert svg.startswith("<svg")
     assert "check" in svg
@@ -237,7 +239,7 @@ async def test_monitor_prints_the_summary_when_the_run_is_stopped() -> None:
 
 
 async def test_a_rendering_error_fails_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(stats: FlowStats, since: FlowStats | None = None) -> str:
+    def broken(stats: FlowStats, since: FlowStats | None = None, line: str | None = None) -> str:
         raise RuntimeError("cannot draw")
 
     async def watch_forever() -> None:
@@ -285,7 +287,7 @@ async def test_without_rich_plain_lines_go_to_stderr(capsys: pytest.CaptureFixtu
 @pytest.mark.usefixtures("no_rich")
 async def test_without_rich_the_live_view_cannot_be_forced() -> None:
     async with small_flow().start() as running:
-        with pytest.raises(ImportError, match=r"flowrhythm\[monitor\]"):
+        with pytest.raises(ImportError, match='"monitor" extra'):
             async with monitor(running, plain=False):
                 pass
 
@@ -320,6 +322,50 @@ async def test_run_with_progress_still_fails_when_a_job_fails(
     assert "check" in capsys.readouterr().err
 
 
-async def test_progress_must_be_a_bool() -> None:
+async def test_progress_must_be_a_bool_or_a_positive_number() -> None:
     with pytest.raises(TypeError, match="progress"):
         await small_flow().run(range(3), progress="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progress"):
+        await small_flow().run(range(3), progress=0)
+
+
+def test_the_default_interval_is_a_second_for_plain_lines_and_a_quarter_live() -> None:
+    assert open_display(not_a_terminal(io.StringIO()), None, "t").interval == 1.0
+    live = open_display(terminal(), None, "t")
+    assert live.interval == 0.25
+    live.close(None, "")
+
+
+def plain_lines_of_a_ten_second_run(progress: bool | float) -> list[str]:
+    """The plain lines of ``run(progress=...)`` over a run of ten virtual seconds."""
+    import contextlib
+
+    import trio
+    import trio.testing
+
+    async def slow(item: int) -> int:
+        await anyio.sleep(1)
+        return item
+
+    err = io.StringIO()
+
+    async def main() -> None:
+        with contextlib.redirect_stderr(err):
+            await Flow().add(slow).run(range(10), progress=progress)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return [line for line in err.getvalue().splitlines() if line.startswith("[")]
+
+
+@pytest.mark.usefixtures("no_rich")
+def test_run_progress_off_a_terminal_prints_a_line_a_second() -> None:
+    lines = plain_lines_of_a_ten_second_run(True)
+    assert lines[0].startswith("[0.0s]")
+    assert lines[-1].startswith("[10.0s]")
+    assert len(lines) == 11  # 0 s, 1 s, ... 10 s
+
+
+@pytest.mark.usefixtures("no_rich")
+def test_run_progress_sets_the_interval() -> None:
+    lines = plain_lines_of_a_ten_second_run(2.5)
+    assert [line.split("]")[0] for line in lines] == ["[0.0s", "[2.5s", "[5.0s", "[7.5s", "[10.0s"]

@@ -1,4 +1,4 @@
-"""Offload (API §6): ``executor="thread"`` / ``"process"`` / a concurrent.futures.Executor.
+"""Offload: ``executor="thread"`` / ``"process"`` / a concurrent.futures.Executor.
 
 Functions that run in other processes live in ``offload_helpers`` (they must be
 importable there). Calls in flight are counted inside the function: with a
@@ -277,10 +277,11 @@ class BlockFirst:
         return item
 
 
-async def test_stop_cancels_calls_queued_in_the_executor() -> None:
+async def test_stop_cancels_calls_queued_in_the_executor_and_waits_for_the_running_one() -> None:
     pool = RecordingPool(1)
     calls = BlockFirst()
     flow = Flow().add(calls, capacity=fixed(4), name="job", executor=pool)
+    ended = False
     try:
         with anyio.fail_after(HANG_GUARD):
             async with flow.start() as running:
@@ -289,18 +290,31 @@ async def test_stop_cancels_calls_queued_in_the_executor() -> None:
                 # One call runs in the pool's only thread; three wait in its queue.
                 await wait_until(lambda: len(pool.futures) == 4)
                 assert await anyio.to_thread.run_sync(calls.started.wait, GATE_GUARD)
+                running_call, *queued = pool.futures
+                # The running call is released once the three queued calls are cancelled:
+                # the run must cancel them, and then wait for the running one.
+                cancelled: list[Future[Any]] = []
+
+                def on_done(future: Future[Any]) -> None:
+                    if future.cancelled():
+                        cancelled.append(future)
+                    if len(cancelled) == len(queued):
+                        calls.release.set()
+
+                for future in queued:
+                    future.add_done_callback(on_done)
                 running.stop()
-        # The run is over while its running call is still blocked: it was abandoned...
-        running_call, *queued = pool.futures
-        assert not running_call.done()
-        assert calls.returned == []
-        # ...and the calls that had not started were cancelled.
-        assert all(future.cancelled() for future in queued)
+            ended = True
+        # The stopped run ended only once its running call had returned.
+        assert running_call.done()
+        assert calls.returned == [calls.ran[0]]
+        assert len(cancelled) == 3
     finally:
         calls.release.set()
         # In a thread, so that a failing assertion above cannot hang the event loop
         # (test_shutting_down_the_executor_after_a_stop_does_not_block_on_the_loop).
         await anyio.to_thread.run_sync(pool.shutdown)
+    assert ended
     assert calls.ran == [calls.ran[0]]
 
 
@@ -347,10 +361,11 @@ async def test_shutting_down_the_executor_after_a_stop_does_not_block_on_the_loo
             await running.send(0)
             assert await anyio.to_thread.run_sync(calls.started.wait, GATE_GUARD)
             running.stop()
-    # The abandoned call's completion must not wait for the event loop: this
-    # thread (the loop's) could be blocked in pool.shutdown() or in `with pool:`.
+            calls.release.set()  # the stopped run waits for its running call
+    # The call's completion reached the loop while the run waited for it; nothing
+    # is left for the pool's thread to hand to this thread (the loop's), which
+    # could be blocked in pool.shutdown() or in `with pool:`.
     [thread] = pool._threads  # the pool's only thread, to join with a guard
-    calls.release.set()
     pool.shutdown(wait=False)
     # What pool.shutdown() does, with a guard instead of a deadlock if it fails.
     thread.join(HANG_GUARD)

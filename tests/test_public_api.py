@@ -8,7 +8,7 @@ import pytest
 
 import flowrhythm
 
-#: The names API.md sections 1-5 promise at the top level.
+#: The names the documented public API promises at the top level.
 CONTRACT_NAMES = {
     "Capacity",
     "ErrorItem",

@@ -348,8 +348,15 @@ async def test_scale_down_while_workers_are_blocked_sending_delivers_each_item_o
     flow.add(sink, name="sink")
     async with flow.start() as running:
         await feed(running, range(6), close=False)
-        # down holds item 0; up's 4 workers hold 1..4, blocked on the rendezvous queue
-        await poll_until(lambda: len(down.inside) == 1 and running.stats().jobs["up"].blocked == 4)
+        # down holds item 0; up's 4 workers hold 1..4, blocked on the rendezvous queue (and
+        # the worker that handed item 0 over has taken item 4: 5 received)
+        await poll_until(
+            lambda: (
+                len(down.inside) == 1
+                and running.stats().jobs["up"].blocked == 4
+                and running.stats().jobs["up"].received == 5
+            )
+        )
         dial.target = 1
         await dial.ticked()
         up = running.stats().jobs["up"]

@@ -234,7 +234,7 @@ BASE: dict[str, Any] = {
             13,
             id="default-band",
         ),
-        # API §2: items waiting in a closed input still count.
+        # Items waiting in a closed input still count.
         pytest.param({"queue_depth": 16, "input_closed": True}, {}, {}, 17, id="input-closed"),
         # Nothing finished in the tick: service time is taken as the tick (0.25 s).
         # busy 2: 2 / 0.5 + 1 * 0.25 / 0.5 = 4.5 -> 5 (cap: max(4, 6)).
@@ -283,7 +283,7 @@ def test_grows_by_littles_law(
         pytest.param({"downstream_depth": 1, "downstream_length": 1}, False, id="down-1-of-1"),
         pytest.param({"downstream_depth": 0, "downstream_length": 1}, True, id="down-0-of-1"),
         pytest.param({"downstream_depth": 0, "downstream_length": 0}, True, id="rendezvous"),
-        # No input waiting. A closed input with items still waiting grows (API §2).
+        # No input waiting. A closed input with items still waiting grows.
         pytest.param({"queue_depth": 0}, False, id="queue-empty"),
         pytest.param({"input_closed": True}, True, id="input-closed-items-waiting"),
         pytest.param({"input_closed": True, "queue_depth": 0}, False, id="input-closed-empty"),
@@ -765,7 +765,7 @@ def test_dampening_slows_the_fall_after_load_ends() -> None:
 
 
 def test_dampening_smooths_the_utilization_that_gates_shrinking() -> None:
-    # API §2: "utilization = smoothed share of the job's workers that are busy".
+    # Utilization is the smoothed share of the job's workers that are busy.
     # Utilization alternating 10% / 30% averages 20%, below the lower threshold (25%):
     # with dampening 0.5 the smoothed utilization runs 0.1, 0.2, 0.15, 0.225, 0.1625,
     # ..., always below 0.25, so the job shrinks one cooldown after the first tick.

@@ -253,8 +253,8 @@ async def test_job_waiting_for_its_lock_does_not_keep_growing() -> None:
 
 @timed()
 async def test_a_closed_input_with_items_waiting_still_grows(spies: list[Spy]) -> None:
-    # API §2: "a job whose input keeps waiting while all its workers are busy grows
-    # toward max_workers". The whole input fits in the queue, so it is closed at
+    # A job whose input keeps waiting while all its workers are busy grows toward
+    # max_workers. The whole input fits in the queue, so it is closed at
     # once; the items waiting in it still need workers.
     capacity = UtilizationCapacity(min_workers=1, max_workers=8, queue_length=100, strategy=Spy)
     flow = Flow().add(io, name="io", capacity=capacity)
