@@ -227,7 +227,7 @@ async def measure(
         stats = await flow.run(range(requests))
         seconds = time.perf_counter() - started
         counts = (await client.get("/control")).json()
-    assert stats.jobs["measure.<locals>.call"].completed == requests
+    assert stats.jobs["call"].completed == requests
     steady = (last - first) / (marks[last] - marks[first])
     return seconds, steady, counts["served"], counts["refused"], limit
 

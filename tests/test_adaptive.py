@@ -414,7 +414,8 @@ async def test_without_retry_overloaded_is_routed_like_any_exception() -> None:
     async def report(error: ErrorItem) -> None:
         errors.append(error)
 
-    flow = Flow().add(plain).add(pushy, concurrency=api).add_error_job(report)
+    flow = Flow().add(plain, name="plain").add(pushy, name="pushy", concurrency=api)
+    flow.add_error_job(report)
     with anyio.fail_after(HANG_GUARD):
         stats = await flow.run([1, 2])
     assert [(e.item, type(e.exception), e.attempts) for e in errors] == [
@@ -423,14 +424,10 @@ async def test_without_retry_overloaded_is_routed_like_any_exception() -> None:
     ]
     assert isinstance(errors[0].exception, Overloaded)
     assert errors[0].exception.retry_after == 3
-    pushy_stats = stats.jobs[
-        "test_without_retry_overloaded_is_routed_like_any_exception.<locals>.pushy"
-    ]
+    pushy_stats = stats.jobs["pushy"]
     assert (pushy_stats.errored, pushy_stats.overloaded) == (2, 2)
     assert pushy_stats.concurrency_limit == api.limit
-    plain_stats = stats.jobs[
-        "test_without_retry_overloaded_is_routed_like_any_exception.<locals>.plain"
-    ]
+    plain_stats = stats.jobs["plain"]
     assert (plain_stats.concurrency_limit, plain_stats.overloaded) == (None, 0)
 
 
