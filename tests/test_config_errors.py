@@ -136,7 +136,7 @@ INVALID_UTILIZATION: list[Any] = [
 def test_capacity_count_of_the_wrong_type(cls: type[Capacity], field: str, value: object) -> None:
     # a float (even 1.0, NaN or infinity), a bool, a str or None is not a count
     with raises_naming(TypeError, field):
-        cls(**{field: value})
+        cls(**{field: value})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("kwargs", "error", "field"), INVALID_CAPACITY)
@@ -155,7 +155,7 @@ def test_invalid_utilization_capacity(
 
 def test_capacity_fields_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        Capacity(1, 2)  # type: ignore[misc]
+        Capacity(1, 2)  # type: ignore[call-arg]
 
 
 async def _async_factory() -> UtilizationStrategy:
@@ -480,7 +480,7 @@ def test_processor_factory_of_an_async_function_is_refused_at_construction() -> 
     ``filterwarnings = error`` turns into a second failure).
     """
     with raises_naming(TypeError, "make"):
-        ProcessorFactory(_async_make)
+        ProcessorFactory(_async_make)  # type: ignore[arg-type]
 
 
 async def call(flow: Flow, method: str, *args: Any, **kwargs: Any) -> None:

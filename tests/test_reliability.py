@@ -77,7 +77,9 @@ def live_tasks() -> set[object]:
     if sniffio.current_async_library() == "asyncio":
         return set(asyncio.all_tasks())
     found: set[object] = set()
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack = [root]
     while stack:
         task = stack.pop()
         found.add(task)
@@ -183,8 +185,12 @@ class Dial:
                 self._tick = event = anyio.Event()
                 await event.wait()
 
+    def strategy(self) -> Dial:
+        """The strategy factory of a capacity: every run of the flow gets this dial."""
+        return self
+
     def capacity(self, **fields: Any) -> UtilizationCapacity:
-        return UtilizationCapacity(sampling=0.001, strategy=lambda: self, **fields)
+        return UtilizationCapacity(sampling=0.001, strategy=self.strategy, **fields)
 
 
 class Factory:
@@ -299,13 +305,17 @@ async def test_scale_down_while_workers_are_mid_item_delivers_each_item_once() -
         await poll_until(lambda: len(gate.inside) == 4)
         dial.target = 1
         await dial.ticked()
-        stats = running.stats().jobs["Gate"]
-        assert stats.scale_downs >= 1
-        assert stats.workers == 4  # asked to leave, but none is interrupted mid-item
+        gate_stats = running.stats().jobs["Gate"]
+        assert gate_stats.scale_downs >= 1
+        assert gate_stats.workers == 4  # asked to leave, but none is interrupted mid-item
         assert len(gate.inside) == 4
         for item in range(4):
             gate.release(item)
-            await poll_until(lambda n=item + 1: running.stats().jobs["Gate"].completed == n)
+
+            def released(n: int = item + 1) -> bool:
+                return running.stats().jobs["Gate"].completed == n
+
+            await poll_until(released)
         await poll_until(lambda: running.stats().jobs["Gate"].workers == 1)
         await feed(running, range(4, 8))
         gate.open()
@@ -446,7 +456,7 @@ async def test_scale_churn_racing_the_end_of_input_delivers_each_item_once(seed:
 
     factories = [Factory(work) for _ in range(3)]
     sink = Sink()
-    churn = {"sampling": 0.001, "strategy": Flapping}
+    churn: dict[str, Any] = {"sampling": 0.001, "strategy": Flapping}
     flow = Flow()
     flow.add(
         factories[0].factory,

@@ -175,7 +175,7 @@ class FlowMachine(RuleBasedStateMachine):
                     initial_workers=dial.target,
                     queue_length=QUEUES[name],
                     sampling=0.001,
-                    strategy=lambda dial=dial: dial,
+                    strategy=dial.strategy,
                 ),
                 name=name,
             )
@@ -227,7 +227,8 @@ class FlowMachine(RuleBasedStateMachine):
                     return
 
     def stats(self) -> FlowStats:
-        return self.portal.call(self.running.stats)
+        stats: FlowStats = self.portal.call(self.running.stats)
+        return stats
 
     def inside(self, job: str) -> set[int]:
         return set(self.portal.call(lambda: list(self.gates[job].inside)))
@@ -417,18 +418,21 @@ class FlowMachine(RuleBasedStateMachine):
 
         async def join() -> FlowStats:
             with anyio.fail_after(HANG_GUARD):
-                return await self.running.join()
+                joined: FlowStats = await self.running.join()
+                return joined
 
-        stats = self.portal.call(join)
+        stats: FlowStats = self.portal.call(join)
         self.settle()
         assert not self.pending
         self.portal.call(self.leave.set)
         self.block.result(timeout=HANG_GUARD)
         assert self.left_quietly
         self.stopped = True
-        for name, job in stats.jobs.items():
-            assert job.received == job.completed + job.skipped + job.errored, name
-            assert job.workers == 0, name
+        for job_name, job_stats in stats.jobs.items():
+            assert (
+                job_stats.received == job_stats.completed + job_stats.skipped + job_stats.errored
+            )
+            assert job_stats.workers == 0, job_name
         skipped = {item for job in ("A", "B") for item, o in self.plan[job].items() if o == "skip"}
         reported = [error.item for error in self.errors]
         everything = sorted(self.delivered + reported + sorted(skipped & self.sent))
