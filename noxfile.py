@@ -112,6 +112,7 @@ BENCHMARKS = [
     "offload",
     "memory",
     "routing",
+    "adaptive",
 ]
 
 

@@ -1,5 +1,7 @@
 """flowrhythm: asynchronous job pipelines with auto-scaling workers, on asyncio and trio."""
 
+from ._adaptive import Adaptive as Adaptive
+from ._adaptive import LimitChange as LimitChange
 from ._capacity import Capacity as Capacity
 from ._capacity import Strategy as Strategy
 from ._capacity import UtilizationCapacity as UtilizationCapacity
@@ -8,6 +10,7 @@ from ._decorators import job_name as job_name
 from ._decorators import workers as workers
 from ._errors import ErrorItem as ErrorItem
 from ._errors import LastWorkItem as LastWorkItem
+from ._errors import Overloaded as Overloaded
 from ._errors import RouteToErrorQueue as RouteToErrorQueue
 from ._errors import StopProcessing as StopProcessing
 from ._flow import Flow as Flow
@@ -31,6 +34,7 @@ from ._stats import FlowStats as FlowStats
 from ._stats import JobStats as JobStats
 
 __all__ = [
+    "Adaptive",
     "Batch",
     "Capacity",
     "ErrorItem",
@@ -40,6 +44,8 @@ __all__ = [
     "FlowStats",
     "JobStats",
     "LastWorkItem",
+    "LimitChange",
+    "Overloaded",
     "ProcessorFactory",
     "QueueDepthStrategy",
     "Retry",

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Never, final
 
 import attrs
 
+from ._adaptive import Adaptive
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._monitor import monitor
@@ -190,6 +191,7 @@ class Flow:
         timeout: float | None = None,
         max_per_second: float | None = None,
         batch: Batch | None = None,
+        concurrency: Adaptive | None = None,
     ) -> Flow:
         """Append a job fed by the previous one; return the flow (calls chain).
 
@@ -222,6 +224,10 @@ class Flow:
             max_per_second: start at most this many calls per second, however
                 many workers the job has (per run).
             batch: a :class:`Batch`: the processor receives lists of items.
+            concurrency: an :class:`Adaptive` limit on calls in flight, shared
+                by every job and flow it is given to: each call attempt holds
+                one slot (a worker waiting for one is blocked), and the limit
+                follows the remote service's capacity (see :class:`Overloaded`).
 
         ``processor`` may also be another :class:`Flow`: copies of its job
         definitions are folded in here (later changes to it do not affect this
@@ -246,6 +252,7 @@ class Flow:
                 "timeout": timeout,
                 "max_per_second": max_per_second,
                 "batch": batch,
+                "concurrency": concurrency,
             }
             for key, value in [*given.items(), ("ordered", ordered or None)]:
                 if value is not None:
@@ -260,6 +267,7 @@ class Flow:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
         self._jobs.append(self._spec(processor, capacity, name, NO_LOCK, executor, options))
         return self
@@ -280,6 +288,7 @@ class Flow:
         timeout: float | None = None,
         max_per_second: float | None = None,
         batch: Batch | None = None,
+        concurrency: Adaptive | None = None,
     ) -> Flow:
         """Append a job whose every call runs inside ``async with resource_manager:``.
 
@@ -299,6 +308,7 @@ class Flow:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
         self._jobs.append(
             self._spec(processor, capacity, name, resource_manager, executor, options)
@@ -317,6 +327,7 @@ class Flow:
         timeout: float | None = None,
         max_per_second: float | None = None,
         batch: Batch | None = None,
+        concurrency: Adaptive | None = None,
     ) -> Flow:
         """Set the job that receives an :class:`ErrorItem` for every failed item.
 
@@ -334,6 +345,7 @@ class Flow:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
         self._error_job = self._spec(processor, capacity, name, NO_LOCK, executor, options)
         return self

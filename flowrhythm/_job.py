@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._adaptive import JobSlots
 from ._batch import Batcher
 from ._errors import ErrorItem
 from ._options import Exhausted, RateLimit, wrap
@@ -72,6 +73,7 @@ class Job:
         "run",
         "scales",
         "send",
+        "slots",
         "spec",
         "task_group",
         "workers",
@@ -121,6 +123,11 @@ class Job:
         self.limiter = (
             anyio.CapacityLimiter(max(spec.capacity.initial_workers, 1))
             if routes is None and cast("JobSpec", spec).stage.executor is not None
+            else None
+        )
+        self.slots = (
+            JobSlots(options.concurrency, self.counters)
+            if options.concurrency is not None
             else None
         )
 
@@ -286,6 +293,7 @@ class Job:
                 limit=self.rate_limit,
                 lock=stage.lock,
                 interruptible=stage.executor is None,
+                slots=self.slots,
             )
             if self.batcher is not None or (self.reorder is not None and is_gen):
                 loop = work_general
@@ -426,4 +434,6 @@ class Job:
             p95=p95,
             p99=p99,
             error_job=self is self.run.error_job,
+            concurrency_limit=self.slots.adaptive.limit if self.slots is not None else None,
+            overloaded=c.overloaded,
         )

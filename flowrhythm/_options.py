@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import attrs
 
+from ._adaptive import Adaptive, Held, JobSlots, retry_wait
 from ._errors import RouteToErrorQueue, StopProcessing
 from ._validate import check_number, count, number
 
@@ -123,6 +124,7 @@ class JobOptions:
     timeout: float | None = None
     max_per_second: float | None = None
     batch: Batch | None = None
+    concurrency: Adaptive | None = None
 
     @classmethod
     def build(
@@ -133,6 +135,7 @@ class JobOptions:
         timeout: object = None,
         max_per_second: object = None,
         batch: object = None,
+        concurrency: object = None,
     ) -> JobOptions:
         if not isinstance(ordered, bool):
             raise TypeError(f"ordered must be a bool, got {ordered!r}")
@@ -140,6 +143,8 @@ class JobOptions:
             raise TypeError(f"retry must be a Retry, got {retry!r}")
         if batch is not None and not isinstance(batch, Batch):
             raise TypeError(f"batch must be a Batch, got {batch!r}")
+        if concurrency is not None and not isinstance(concurrency, Adaptive):
+            raise TypeError(f"concurrency must be an Adaptive, got {concurrency!r}")
         if timeout is not None:
             timeout = check_number("timeout", timeout, low=0.0, low_open=True)
         if max_per_second is not None:
@@ -154,13 +159,17 @@ class JobOptions:
             timeout=timeout,
             max_per_second=max_per_second,
             batch=batch,
+            concurrency=concurrency,
         )
 
     @property
     def wraps_calls(self) -> bool:
-        """Whether ``retry``, ``timeout`` or ``max_per_second`` wrap each call."""
+        """Whether ``retry``, ``timeout``, ``max_per_second`` or ``concurrency`` wrap each call."""
         return (
-            self.retry is not None or self.timeout is not None or self.max_per_second is not None
+            self.retry is not None
+            or self.timeout is not None
+            or self.max_per_second is not None
+            or self.concurrency is not None
         )
 
 
@@ -241,10 +250,11 @@ def wrap(
     limit: RateLimit | None = None,
     lock: AbstractAsyncContextManager[Any] | None = None,
     interruptible: bool = True,
+    slots: JobSlots | None = None,
 ) -> Callable[[Any], Any]:
     """The processor a worker calls, from the outside in::
 
-        retry -> rate limit -> resource manager -> timeout -> processor
+        retry -> rate limit -> resource manager -> concurrency slot -> timeout -> processor
 
     ``limit`` is the job's rate limit in this run, shared by all its workers;
     ``lock`` the resource manager of ``add_job_with_lock``. Waiting for either,
@@ -252,6 +262,8 @@ def wrap(
     ``interruptible`` is false for calls running in threads, processes or an
     executor, which cannot be cut short: their timeout is checked when they
     return, and a call that returned late is not retried (it ran to completion).
+    ``slots`` is the job's ``concurrency=`` limit: each attempt holds one of its
+    slots (a generator, until it ends); waiting for one counts as blocked too.
 
     Only the layers a job uses are built: a job without options gets its
     processor itself, and ``retry=`` alone adds one frame around the call.
@@ -263,8 +275,8 @@ def wrap(
     if is_gen:
         if not options.wraps_calls and lock is None:
             return fn
-        return _wrap_gen(fn, options, counters, limit, lock)
-    attempt = _attempt(fn, options.timeout, limit, lock, interruptible, retry is not None)
+        return _wrap_gen(fn, options, counters, limit, lock, slots)
+    attempt = _attempt(fn, options.timeout, limit, lock, interruptible, retry is not None, slots)
     if retry is None:
         return attempt
     return _retrying(attempt, retry, counters)
@@ -298,8 +310,9 @@ def _attempt(
     lock: AbstractAsyncContextManager[Any] | None,
     interruptible: bool,
     retried: bool,
+    slots: JobSlots | None = None,
 ) -> Callable[[Any], Any]:
-    """One attempt of a call: rate limit -> resource manager -> timeout -> processor.
+    """One attempt of a call: rate limit -> resource manager -> slot -> timeout -> processor.
 
     This is the one place where an attempt runs: a layer that acts once per
     attempt goes here, between the rate limit and the call.
@@ -326,6 +339,8 @@ def _attempt(
                     raise _Late(error) if retried else error
                 return result
 
+    if slots is not None:
+        call = slots.around(call)
     if limit is None and lock is None:
         return call
     timed = call
@@ -341,12 +356,14 @@ def _attempt(
     return attempt
 
 
-async def _back_off(retry: Retry, attempt: int, counters: Counters) -> None:
+async def _back_off(delay: float, counters: Counters) -> None:
     """Wait before the next attempt, counted as blocked: more workers cannot help."""
     since = counters.enter_blocked()
+    counters.backing_off += 1
     try:
-        await anyio.sleep(retry.wait(attempt - 1))
+        await anyio.sleep(delay)
     finally:
+        counters.backing_off -= 1
         counters.leave_blocked(since)
     counters.retried += 1
 
@@ -376,7 +393,8 @@ def _retrying(
                     if final is exc:
                         raise
                     raise final from exc
-            await _back_off(retry, n, counters)
+                delay = retry_wait(retry, n, exc)  # at least an Overloaded's retry_after
+            await _back_off(delay, counters)
             n += 1
 
     return retried
@@ -388,6 +406,7 @@ def _wrap_gen(
     counters: Counters,
     limit: RateLimit | None,
     lock: AbstractAsyncContextManager[Any] | None,
+    slots: JobSlots | None = None,
 ) -> Callable[[Any], Any]:
     timeout = options.timeout
     retry = options.retry
@@ -397,8 +416,12 @@ def _wrap_gen(
         while True:
             if limit is not None:
                 await limit.acquire()
-            # the resource manager is held for the whole generator
-            async with lock or contextlib.nullcontext(), contextlib.aclosing(fn(item)) as agen:
+            # the resource manager and the concurrency slot are held for the whole generator
+            async with (
+                lock or contextlib.nullcontext(),
+                slots.hold() if slots is not None else contextlib.nullcontext(Held()) as held,
+                contextlib.aclosing(fn(item)) as agen,
+            ):
                 try:
                     if timeout is None:
                         first = await agen.__anext__()
@@ -408,11 +431,13 @@ def _wrap_gen(
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
+                    held.report(exc)
                     if retry is None or attempt >= retry.attempts or not retry.retries(exc):
                         final = _final(exc, attempt)
                         if final is exc:
                             raise
                         raise final from exc
+                    delay = retry_wait(retry, attempt, exc)
                 else:
                     # past the first yield: never retried, never duplicated
                     yield first
@@ -435,8 +460,7 @@ def _wrap_gen(
                                 raise
                             raise final from exc
                         yield value
-            assert retry is not None
-            await _back_off(retry, attempt, counters)
+            await _back_off(delay, counters)
             attempt += 1
 
     return generate

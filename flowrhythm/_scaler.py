@@ -159,6 +159,12 @@ async def run_scaler(job: Job) -> None:
             if not job.workers:
                 continue  # the doorman starts the first worker when input arrives
             target, reason = _target(strategy.decide(sample), job.name)
+            if job.slots is not None:
+                # Aim at the concurrency limit and a little headroom while items wait:
+                # more workers could only wait for a slot, fewer leave slots unused.
+                cap = job.slots.worker_cap()
+                if target > cap or (target < cap and depth > 0):
+                    target, reason = cap, "the concurrency limit"
             target = min(max(target, low), high)
             if target > workers:
                 added = job.grow(target - workers)

@@ -30,6 +30,7 @@ class Counters:
     """
 
     __slots__ = (
+        "backing_off",
         "blocked",
         "blocked_seconds",
         "blocked_since",
@@ -42,6 +43,7 @@ class Counters:
         "idle_since",
         "latency",
         "outputs_adjust",
+        "overloaded",
         "received",
         "retried",
         "running",
@@ -88,6 +90,8 @@ class Counters:
         # The first FIRST_CALLS timed calls that ended: count, sum and sum of squares
         # of the logarithms of their durations.
         self.first = [0, 0.0, 0.0]
+        self.overloaded = 0  # attempts that raised Overloaded
+        self.backing_off = 0  # workers waiting out a retry's back-off
 
     @property
     def outputs(self) -> int:
@@ -184,6 +188,10 @@ class JobStats:
         p95: the 95th percentile of the processing time, likewise.
         p99: the 99th percentile of the processing time, likewise.
         error_job: whether this is the flow's error job.
+        concurrency_limit: the current limit of the job's ``concurrency=``
+            (an :class:`Adaptive`), or ``None`` without one.
+        overloaded: attempts that raised :class:`Overloaded` while holding a
+            slot of the job's ``concurrency=`` limit (0 without one).
 
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
@@ -215,6 +223,8 @@ class JobStats:
     p95: float | None = None
     p99: float | None = None
     error_job: bool = False
+    concurrency_limit: int | None = None
+    overloaded: int = 0
 
     @property
     def utilization(self) -> float:

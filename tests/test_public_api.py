@@ -75,3 +75,13 @@ def test_the_testing_submodule_is_public() -> None:
     assert flowrhythm.testing.__all__ == ["run_virtual"]
     assert callable(flowrhythm.testing.run_virtual)
     assert flowrhythm.testing.run_virtual.__module__ == "flowrhythm.testing"
+
+
+#: The names of adaptive concurrency, for remote services.
+ADAPTIVE_NAMES = {"Adaptive", "LimitChange", "Overloaded"}
+
+
+def test_adaptive_names_are_exported() -> None:
+    assert ADAPTIVE_NAMES <= set(flowrhythm.__all__)
+    # Overloaded is routed and retried as an ordinary exception.
+    assert issubclass(flowrhythm.Overloaded, Exception)

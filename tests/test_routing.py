@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from test_reliability import assert_no_unclosed_streams, live_tasks
 
 from flowrhythm import (
+    Adaptive,
     Capacity,
     ErrorItem,
     Flow,
@@ -465,6 +466,8 @@ def test_bad_values_raise_at_add_router_time() -> None:
         Flow().add(with_errors)
     with pytest.raises(TypeError, match="capacity"):
         Flow().add(Flow().add(inc), capacity=Capacity())
+    with pytest.raises(TypeError, match="concurrency"):
+        Flow().add(Flow().add(inc), concurrency=Adaptive(1, 1, 4))
     with pytest.raises(ValueError, match="already used"):
         Flow().add(inc, name="r").add_router(parity, {"even": inc}, name="r")
     with pytest.raises(ValueError, match="already used"):
