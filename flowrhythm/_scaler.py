@@ -79,6 +79,10 @@ async def run_scaler(job: Job) -> None:
         depth0 = receive.statistics().current_buffer_used
         while True:
             await anyio.sleep(knobs.sampling)
+            # The tick may wake in the very round its run is cancelled: then it
+            # must not start workers, which would take items from the queue
+            # only to abandon them (more than the job's workers could hold).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             if job.input_ended:
                 break
             now = clock()
