@@ -91,6 +91,10 @@ async def run_scaler(job: Job) -> None:
         said = ""  # the last reason given: a kept count makes an event only with a new one
         while True:
             await anyio.sleep(knobs.sampling)
+            # The tick may wake in the very round its run is cancelled: then it
+            # must not start workers, which would take items from the queue
+            # only to abandon them (more than the job's workers could hold).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             if job.input_ended:
                 break
             now = clock()

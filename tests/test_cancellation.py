@@ -29,7 +29,7 @@ import gc
 import itertools
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -55,10 +55,12 @@ from flowrhythm import (
     FlowStats,
     ProcessorFactory,
     RunningFlow,
+    ScalingEvent,
     ScalingSample,
     StopProcessing,
     UtilizationCapacity,
 )
+from flowrhythm.testing import run_virtual
 
 pytestmark = pytest.mark.anyio
 
@@ -539,6 +541,61 @@ async def test_cancel_while_a_scale_up_is_in_progress(slow_enter: bool) -> None:
     job = stats.jobs["grows"]
     assert job.received + job.queue_depth == 10
     assert job.in_flight == job.received  # every item taken was abandoned, none lost
+
+
+class AlwaysGrow:
+    def decide(self, sample: ScalingSample) -> int:
+        return sample.max_workers
+
+
+async def cancel_at_the_first_tick() -> tuple[FlowStats, list[tuple[int, int, bool]], float]:
+    """Cancel a run in the very round its scaler's first tick wakes up.
+
+    The canceller's sleep is set before the scaler's, both end at the same virtual
+    instant, so the canceller runs first while the scaler's sleep has already
+    returned: on asyncio the cancellation then reaches the scaler only at its next
+    checkpoint (trio raises it out of the sleep itself).
+    """
+    outer = anyio.CancelScope()
+    cancelled_at: list[float] = []
+    decided: list[tuple[int, int, bool]] = []  # (old, new, run cancelled by then)
+
+    async def cancel_the_run() -> None:
+        await anyio.sleep(1.0)
+        cancelled_at.append(anyio.current_time())
+        outer.cancel()
+
+    def on_scale(event: ScalingEvent) -> None:
+        decided.append((event.old, event.new, outer.cancel_called))
+
+    capacity = UtilizationCapacity(
+        min_workers=1, max_workers=2, queue_length=10, sampling=1.0, strategy=AlwaysGrow
+    )
+    flow = Flow().add(Gate(), capacity, name="a")  # holds every item it takes
+    with anyio.fail_after(HANG_GUARD), outer:
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_the_run)
+            async with flow.start(on_scale=on_scale) as running:
+                for item in range(10):
+                    await running.send(item)
+                await anyio.sleep_forever()
+    assert outer.cancelled_caught
+    return running.stats(), decided, cancelled_at[0]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_scaling_tick_that_wakes_as_the_run_is_cancelled_starts_no_worker(
+    backend: Literal["asyncio", "trio"],
+) -> None:
+    """Such a tick used to grow the job: its new workers took items from the queue only
+    to abandon them, and once a worker had left with its item, the job ended with more
+    items in flight than it has workers (the random instants above saw 7 in a job of 6)."""
+    stats, decided, cancelled_at = run_virtual(cancel_at_the_first_tick, backend=backend)
+    assert cancelled_at == 1.0  # the instant of the scaler's first tick
+    assert all(not cancelled for _, _, cancelled in decided), decided
+    job = stats.jobs["a"]
+    assert job.received + job.queue_depth == 10
+    assert job.in_flight == job.received <= job.max_workers  # every item taken was abandoned
 
 
 async def test_cancel_while_the_doorman_waits_and_while_it_hands_over() -> None:
