@@ -82,10 +82,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package with mypy --strict."""
+    """Type-check the package and its tests with mypy --strict."""
     _install(session, "typecheck")
 
-    session.run("mypy", "--strict", "flowrhythm", *session.posargs)
+    session.run("mypy", "--strict", "flowrhythm", "tests", *session.posargs)
 
 
 @nox.session
