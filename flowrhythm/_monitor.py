@@ -141,6 +141,14 @@ def _table(stats: FlowStats, compact: bool) -> Table:
         table.add_column("errors", justify="right")
         table.add_column("retries", justify="right")
         table.add_column("p50", justify="right")
+    # Jobs calling a remote service through concurrency=Adaptive(...): the limit it
+    # has found and how many attempts the service refused, so that a throttled job
+    # never looks like a healthy saturated one. Shown only when some job has one.
+    adaptive = any(job.concurrency_limit is not None for job in stats.jobs.values())
+    if adaptive:
+        table.add_column("lim/ref" if compact else "limit", justify="right", no_wrap=True)
+        if not compact:
+            table.add_column("refused", justify="right")
     for job in stats.jobs.values():
         name = Text(job.name, style="bold")
         if job.error_job:
@@ -150,6 +158,8 @@ def _table(stats: FlowStats, compact: bool) -> Table:
         errors = Text(str(job.errored), style="red" if job.errored else "dim")
         retries = Text(str(job.retried), style="yellow" if job.retried else "dim")
         throughput = f"{job.throughput:.1f}"
+        limit = Text("-" if job.concurrency_limit is None else str(job.concurrency_limit))
+        refused = Text(str(job.overloaded), style="red" if job.overloaded else "dim")
         if compact:
             states = Text.assemble(str(job.idle), "/", active, "/", blocked)
             table.add_row(
@@ -159,6 +169,7 @@ def _table(stats: FlowStats, compact: bool) -> Table:
                 queue_bar(job, 0),
                 throughput,
                 Text.assemble(errors, "/", retries),
+                *([Text.assemble(limit, "/", refused)] if adaptive else []),
             )
         else:
             table.add_row(
@@ -173,6 +184,7 @@ def _table(stats: FlowStats, compact: bool) -> Table:
                 errors,
                 retries,
                 format_seconds(job.p50),
+                *([limit, refused] if adaptive else []),
             )
     return table
 
@@ -270,7 +282,8 @@ def plain_line(stats: FlowStats, since: FlowStats | None = None, line: str | Non
 
     For example ``[3.0s] 812 items in, 790 outputs of store | fetch w=12/32
     i/a/b=2/10/0 q=3/100 265.0/s err=9 retry=4 | ... | bottleneck: fetch: ...``
-    (``retry=`` only for a job that retried). ``line`` is the bottleneck line to
+    (``retry=`` only for a job that retried; ``limit=`` and ``refused=`` for a
+    job with ``concurrency=Adaptive(...)``). ``line`` is the bottleneck line to
     show; by default ``stats.bottleneck(since)``.
     """
     items_in, outputs = totals(stats)
@@ -282,6 +295,11 @@ def plain_line(stats: FlowStats, since: FlowStats | None = None, line: str | Non
             f"q={job.queue_depth}/{job.queue_length} "
             f"{job.throughput:.1f}/s err={job.errored}"
             + (f" retry={job.retried}" if job.retried else "")
+            + (
+                f" limit={job.concurrency_limit} refused={job.overloaded}"
+                if job.concurrency_limit is not None
+                else ""
+            )
             for job in stats.jobs.values()
         ),
         f"bottleneck: {stats.bottleneck(since) if line is None else line}",

@@ -129,6 +129,24 @@ def test_plain_line_names_every_job_and_the_bottleneck() -> None:
     assert "\n" not in line
 
 
+def test_a_throttled_job_shows_its_limit_and_refusals() -> None:
+    """A job with concurrency=Adaptive(...) never looks like a healthy saturated one."""
+    throttled = flow_stats(concurrency_limit=12, overloaded=7)
+    line = plain_line(throttled)
+    assert " limit=12 refused=7 " in line
+    assert "limit=" not in plain_line(flow_stats())  # only for a job with a limit
+    for width, header in [(200, "refused"), (70, "lim/ref")]:
+        console = Console(record=True, force_terminal=True, width=width, file=io.StringIO())
+        console.print(render_stats(throttled))
+        text = console.export_text()
+        assert header in text
+        assert ("12/7" if width == 70 else "12") in text
+        assert all(len(row) <= width for row in text.splitlines())
+    console = terminal()
+    console.print(render_stats(flow_stats()))
+    assert "limit" not in console.export_text()  # no column without a limit
+
+
 def test_recent_compares_with_a_snapshot_about_two_seconds_old() -> None:
     recent = Recent(window=2.0)
     snapshots = [flow_stats(elapsed=t / 2) for t in range(10)]  # 0.0, 0.5, ... 4.5
