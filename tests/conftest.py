@@ -1,4 +1,4 @@
-"""Shared fixtures: every async test runs on asyncio (debug mode), trio, and asyncio+uvloop.
+"""Shared fixtures: every async test runs on asyncio, on trio, and on asyncio+uvloop.
 
 uvloop is a third backend when it is installed (the ``tests`` dependency group installs it
 where it builds). The session fails if a backend had tests set up but none of them passed:
@@ -15,12 +15,7 @@ from typing import Any
 
 import pytest
 
-#: asyncio runs in debug mode: it reports coroutines never awaited, non-thread-safe
-#: calls and callbacks that block the loop.
-BACKENDS: list[Any] = [
-    pytest.param(("asyncio", {"debug": True}), id="asyncio"),
-    pytest.param("trio", id="trio"),
-]
+BACKENDS: list[Any] = [pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")]
 if importlib.util.find_spec("uvloop") is not None:
     BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
 
