@@ -228,7 +228,7 @@ class LimitChange:
             ``"timeout"`` (a call was pushed back, or took longer than its
             ``timeout=``).
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     time: float
@@ -271,7 +271,7 @@ class Adaptive:
     >>> api.limit
     4
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     __slots__ = ("_changes", "_controller", "_in_flight", "_waiters", "max", "min", "name")

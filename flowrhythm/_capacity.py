@@ -15,7 +15,7 @@ from ._validate import count, number
 class Strategy(enum.Enum):
     """How a job's worker count is chosen while it runs.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     #: The default. Grow while the workers are busy and input is waiting, by
@@ -62,7 +62,7 @@ class Capacity:
             ``min_workers > max_workers``, or ``initial_workers`` is outside
             ``[min_workers, max_workers]``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     min_workers: int = attrs.field(default=1, validator=count(0))
@@ -121,7 +121,7 @@ class UtilizationCapacity(Capacity):
             ``sampling <= 0`` or ``dampening`` is outside ``[0, 1)``; or any
             :class:`Capacity` check fails.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     lower_threshold: float = attrs.field(default=0.4, validator=number(low=0.0, high=1.0))

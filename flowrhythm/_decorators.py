@@ -48,7 +48,7 @@ def job_name(name: str) -> Callable[[_P], _P]:
         TypeError: ``name`` is not a ``str``.
         ValueError: ``name`` is empty.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
     check_name(name)
 
@@ -66,7 +66,7 @@ def job_capacity(capacity: Capacity) -> Callable[[_P], _P]:
     Raises:
         TypeError: ``capacity`` is not a :class:`Capacity`.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
     if not isinstance(capacity, Capacity):
         raise TypeError(f"capacity must be a Capacity, got {capacity!r}")
@@ -90,7 +90,7 @@ def workers(
         TypeError, ValueError: as :class:`Capacity` does, naming ``min``,
             ``max`` or ``initial``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
     check_count("min", min, 0)
     if max is not None:

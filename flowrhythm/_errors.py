@@ -36,7 +36,7 @@ class StopProcessing(Exception):
     The item is counted as ``skipped`` and the flow goes on. It is not a failure
     and never reaches the error job.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
 
@@ -46,7 +46,7 @@ class RouteToErrorQueue(Exception):
     The error job receives ``ErrorItem(item=..., exception=<this exception>,
     job=<job name>)``. With no error job the run fails with this exception.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
 
@@ -59,7 +59,7 @@ class LastWorkItem:
     the source, every item already inside the flow is still processed, then each
     job drains and closes in order. It is never delivered as an output.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     __slots__ = ()
@@ -86,7 +86,7 @@ class ErrorItem:
         job: the name of the job that failed.
         attempts: how many calls of the processor were made for this item.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     item: Any
@@ -119,7 +119,7 @@ class Overloaded(Exception):
         if response.status_code in (429, 503):
             raise Overloaded.from_headers(response.headers)
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     def __init__(self, retry_after: float | None = None, message: str | None = None) -> None:
@@ -152,7 +152,7 @@ class Overloaded(Exception):
         >>> Overloaded.from_headers({}).retry_after is None
         True
 
-        .. versionadded:: 0.1
+        .. versionadded:: 1.0
         """
         return cls(retry_after=retry_after_seconds(headers), message=message)
 

@@ -163,7 +163,7 @@ class Flow:
     Raises:
         TypeError, ValueError: ``name`` is not a non-empty ``str``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     #: The flow's name, for metrics (the ``flow`` label of :mod:`flowrhythm.prometheus`).

@@ -272,7 +272,7 @@ def render_stats(
     flowrhythm); it is imported when the
     renderable is drawn.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
     return StatsView(stats, stats.bottleneck(since), title)
 
@@ -501,7 +501,7 @@ async def monitor(
         TypeError, ValueError: ``interval`` is neither ``None`` nor a number ``> 0``.
         ImportError: ``plain=False`` and rich cannot be imported.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
     if interval is not None:
         check_number("interval", interval, low=0.0, low_open=True)

@@ -64,7 +64,7 @@ class Retry:
         TypeError, ValueError: ``attempts < 1``, negative ``backoff`` /
             ``max_backoff``, or ``on`` not exception classes.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     attempts: int = attrs.field(default=3, validator=count(1))
@@ -107,7 +107,7 @@ class Batch:
     Raises:
         TypeError, ValueError: ``size < 1`` or a negative ``timeout``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     size: int = attrs.field(default=100, validator=count(1))

@@ -80,7 +80,7 @@ class ProcessorFactory:
             an async generator function (``@asynccontextmanager`` forgotten).
         ValueError: ``exit_timeout`` is not a positive number.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     make: Callable[[], AbstractAsyncContextManager[Any]] = attrs.field(

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class TimelinePoint:
     """One job at one instant of a :class:`Timeline`.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     time: float  #: seconds since the run started
@@ -44,7 +44,7 @@ class TimelinePoint:
 class Timeline:
     """The samples a :func:`record` took: the newest ``max_samples`` snapshots.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     __slots__ = ("_snapshots",)
@@ -119,7 +119,7 @@ def record(
     Raises:
         TypeError, ValueError: ``interval <= 0`` or ``max_samples < 1``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
     check_number("interval", interval, low=0.0, low_open=True)
     check_count("max_samples", max_samples, 1)

@@ -357,7 +357,7 @@ class RunningFlow:
     normally closes the input and waits for the flow to drain; leaving it with an
     exception, or calling :meth:`stop`, cancels the run.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     __slots__ = ("_run",)
@@ -471,7 +471,7 @@ class FlowResults:
     before the outputs have ended is leaving early: the run is cancelled, as by
     :meth:`stop`, and no item is routed to the error job because of it.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     __slots__ = ("_budget", "_receive", "_run")

@@ -43,7 +43,7 @@ class ScalingEvent:
         new: workers after.
         reason: why, in words.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     job: str

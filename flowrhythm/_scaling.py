@@ -86,7 +86,7 @@ class ScalingSample:
         downstream_max_workers: the next job's ``max_workers`` (``None`` for the
             last job).
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     .. versionchanged:: 0.2
        The ``call_*``, ``running*``, ``retried``, ``errored``, ``total_*`` and
        ``downstream_busy`` / ``downstream_*workers`` fields.
@@ -170,7 +170,7 @@ class ScalingStrategy(Protocol):
     sample. It returns the number of workers it wants, or ``(count, reason)``;
     the runtime clamps it to ``[min_workers, max_workers]``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     def decide(self, sample: ScalingSample, /) -> Decision:
@@ -186,7 +186,7 @@ def _knobs(sample: ScalingSample) -> UtilizationCapacity:
 class FixedStrategy:
     """Keep the job at its ``initial_workers``.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     def decide(self, sample: ScalingSample, /) -> Decision:
@@ -204,7 +204,7 @@ class QueueDepthStrategy:
     Args:
         items_per_worker: backlog one worker is expected to handle.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     def __init__(self, items_per_worker: float = 10.0) -> None:
@@ -312,7 +312,7 @@ class UtilizationStrategy:
             and a refuted suspicion waits before the next.
         max_probe_after: the longest such wait, in service times.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     .. versionchanged:: 0.2
        Judged by evidence in completed calls and call durations; ``drain_time``,
        ``probe_after`` and ``max_probe_after`` are in service times, not seconds.

@@ -196,7 +196,7 @@ class JobStats:
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     name: str
@@ -251,7 +251,7 @@ class FlowStats:
         elapsed: seconds since the run started (until it ended, once it has).
         done: whether every job has drained.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 1.0
     """
 
     jobs: Mapping[str, JobStats]
@@ -273,7 +273,7 @@ class FlowStats:
         handing them on). Once the run is done, the worker figure is the
         run's average.
 
-        .. versionadded:: 0.1
+        .. versionadded:: 1.0
         """
         return bottleneck(self, since)
 
@@ -289,6 +289,6 @@ class FlowStats:
                 columns without a terminal). The least useful columns are left
                 out of a narrow table.
 
-        .. versionadded:: 0.1
+        .. versionadded:: 1.0
         """
         return report(self, width)

@@ -11,7 +11,7 @@ On trio this is :class:`trio.testing.MockClock` with ``autojump_threshold=0``;
 on asyncio it is an event loop whose ``time()`` is virtual and whose selector
 advances it to the next timer when nothing is ready.
 
-.. versionadded:: 0.2
+.. versionadded:: 1.0
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_virtual(
             (``executor=``): a thread or a process runs in real time, which a
             virtual clock cannot follow.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 1.0
     """
     if backend not in BACKENDS:
         raise ValueError(f'backend must be "asyncio" or "trio", got {backend!r}')
