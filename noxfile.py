@@ -113,6 +113,7 @@ BENCHMARKS = [
     "memory",
     "routing",
     "adaptive",
+    "wrappers",
 ]
 
 
