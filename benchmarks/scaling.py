@@ -1012,6 +1012,29 @@ def run_matrix(backend: str, plan: MatrixPlan) -> list[MatrixRow]:
     return rows
 
 
+def matrix_misses(rows: Sequence[MatrixRow]) -> list[str]:
+    """The matrix rows that miss their target (the same targets as the virtual-time tests)."""
+    misses = []
+    for r in rows:
+        wanted: list[tuple[bool, str]] = []
+        if r.case.startswith(("constant", "log-normal")):
+            wanted.append((r.ratio32 >= 0.95, f"{r.ratio32:.3f} of fixed-32 < 0.95"))
+            limit = max(0.5, 3 * r.call)
+            reached = r.t90 is not None and r.t90 <= limit
+            wanted.append((reached, f"90% of fixed-32's rate not within {limit:g} s"))
+        elif r.case.startswith("Semaphore"):
+            wanted.append((r.ratio32 >= 0.95, f"{r.ratio32:.3f} of fixed-32 < 0.95"))
+            wanted.append((r.final <= 16, f"{r.final} workers at the end > 16"))
+        elif r.case.startswith("downstream"):
+            wanted.append((r.peak <= 8, f"peak {r.peak} workers > 8"))
+        elif r.case.startswith("chain"):
+            wanted.append((r.ratio32 >= 0.95, f"{r.ratio32:.3f} of fixed-32 < 0.95"))
+        elif r.case.startswith("failing"):
+            wanted.append((r.peak == 1, f"grew to {r.peak} workers while backing off"))
+        misses += [f"{r.case}: {why}" for ok, why in wanted if not ok]
+    return misses
+
+
 def print_matrix(backend: str, rows: Sequence[MatrixRow]) -> None:
     header = (
         "case",
@@ -1168,6 +1191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
         print(f"JSON written to {args.json}")
     missed = sum(not c.ok for results in all_results.values() for sc in results for c in sc.checks)
+    for backend, rows in matrices.items():
+        for miss in matrix_misses(rows):
+            print(f"MISSED ({backend}, matrix) {miss}")
+            missed += 1
     print(f"\n{missed} target(s) missed" if missed else "\nall targets met")
     return 1 if args.check and missed else 0
 
