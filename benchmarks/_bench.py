@@ -7,6 +7,7 @@ script's own directory on ``sys.path``). It holds no benchmark of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import io
 import json
@@ -15,9 +16,13 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from anyio import EndOfStream, WouldBlock
+from anyio.lowlevel import checkpoint
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 BACKENDS = ("asyncio", "trio")
 
@@ -166,3 +171,33 @@ def write_json(path: str, config: dict[str, Any], **sections: Any) -> None:
         json.dump(report, fh, indent=2)
         fh.write("\n")
     print(f"\nJSON written to {path}")
+
+
+async def fast_stage(
+    receive: MemoryObjectReceiveStream[Any],
+    send: MemoryObjectSendStream[Any] | None,
+    fn: Callable[[Any], Awaitable[Any]],
+) -> None:
+    """The hand-written reference stage: ``receive_nowait``/``send_nowait`` first, then wait;
+    a checkpoint every 64 items. Closes its streams when its input ends."""
+    count = 0
+    with receive, send if send is not None else contextlib.nullcontext():
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except WouldBlock:
+                try:
+                    item = await receive.receive()
+                except EndOfStream:
+                    return
+            except EndOfStream:
+                return
+            item = await fn(item)
+            if send is not None:
+                try:
+                    send.send_nowait(item)
+                except WouldBlock:
+                    await send.send(item)
+            count += 1
+            if not count % 64:
+                await checkpoint()

@@ -24,8 +24,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import _bench
 import anyio
-from anyio import EndOfStream, WouldBlock
+from anyio import WouldBlock
 from anyio.lowlevel import checkpoint
 
 import flowrhythm
@@ -54,35 +55,11 @@ async def run_flowrhythm(n: int) -> float:
 async def run_fast_path(n: int) -> float:
     streams = [anyio.create_memory_object_stream[int](100) for _ in range(3)]
 
-    async def stage(index: int) -> None:
-        receive = streams[index][1]
-        send = streams[index + 1][0] if index < 2 else None
-        count = 0
-        with receive, send if send is not None else receive:
-            while True:
-                try:
-                    item = receive.receive_nowait()
-                except WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except EndOfStream:
-                        return
-                except EndOfStream:
-                    return
-                item = await identity(item)
-                if send is not None:
-                    try:
-                        send.send_nowait(item)
-                    except WouldBlock:
-                        await send.send(item)
-                count += 1
-                if not count % 64:
-                    await checkpoint()
-
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for index in range(3):
-            tg.start_soon(stage, index)
+            send = streams[index + 1][0] if index < 2 else None
+            tg.start_soon(_bench.fast_stage, streams[index][1], send, identity)
         first = streams[0][0]
         with first:
             for item in range(n):

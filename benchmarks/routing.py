@@ -26,7 +26,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, cast
@@ -35,7 +34,6 @@ import _bench
 import anyio
 from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from flowrhythm import Capacity, Flow, ScalingEvent, UtilizationCapacity
 from flowrhythm.testing import run_virtual
@@ -107,38 +105,13 @@ async def run_hand_written(n: int) -> _bench.Timing:
                 for send in sends:
                     send.close()
 
-    async def stage(
-        receive: MemoryObjectReceiveStream[int], send: MemoryObjectSendStream[int] | None
-    ) -> None:
-        count = 0
-        with receive, send if send is not None else contextlib.nullcontext():
-            while True:
-                try:
-                    item = receive.receive_nowait()
-                except WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except EndOfStream:
-                        return
-                except EndOfStream:
-                    return
-                item = await identity(item)
-                if send is not None:
-                    try:
-                        send.send_nowait(item)
-                    except WouldBlock:
-                        await send.send(item)
-                count += 1
-                if not count % 64:
-                    await checkpoint()
-
     start = _bench.now()
     async with anyio.create_task_group() as tg:
         tg.start_soon(router)
         for _, receive in arms:
-            tg.start_soon(stage, receive, sink_send.clone())
+            tg.start_soon(_bench.fast_stage, receive, sink_send.clone(), identity)
         sink_send.close()
-        tg.start_soon(stage, sink_receive, None)
+        tg.start_soon(_bench.fast_stage, sink_receive, None, identity)
         with source_send:
             for item in range(n):
                 try:
