@@ -14,6 +14,11 @@ from ._errors import Overloaded as Overloaded
 from ._errors import RouteToErrorQueue as RouteToErrorQueue
 from ._errors import StopProcessing as StopProcessing
 from ._flow import Flow as Flow
+from ._ledger import Ledger as Ledger
+from ._ledger import LedgerError as LedgerError
+from ._ledger import LedgerRecord as LedgerRecord
+from ._ledger import LedgerStore as LedgerStore
+from ._ledger import current_key as current_key
 from ._monitor import monitor as monitor
 from ._monitor import render_stats as render_stats
 from ._options import Batch as Batch
@@ -44,6 +49,10 @@ __all__ = [
     "FlowStats",
     "JobStats",
     "LastWorkItem",
+    "Ledger",
+    "LedgerError",
+    "LedgerRecord",
+    "LedgerStore",
     "LimitChange",
     "Overloaded",
     "ProcessorFactory",
@@ -60,6 +69,7 @@ __all__ = [
     "TimelinePoint",
     "UtilizationCapacity",
     "UtilizationStrategy",
+    "current_key",
     "job_capacity",
     "job_name",
     "monitor",

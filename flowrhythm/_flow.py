@@ -18,6 +18,7 @@ import attrs
 from ._adaptive import Adaptive
 from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
+from ._ledger import Ledger
 from ._monitor import monitor
 from ._offload import ExecutorSpec
 from ._options import Batch, JobOptions, Retry
@@ -131,6 +132,20 @@ def _check_callback(on_scale: object) -> None:
             "event with send_nowait to an unbounded memory object stream "
             "(anyio.create_memory_object_stream(math.inf)) read by a task of your own"
         )
+
+
+def _ledger_option(
+    ledger: object, key: object
+) -> tuple[Ledger, Callable[[Any], Any] | None] | None:
+    if ledger is None:
+        if key is not None:
+            raise TypeError("key is only used with a ledger: pass ledger= too")
+        return None
+    if not isinstance(ledger, Ledger):
+        raise TypeError(f"ledger must be a flowrhythm.Ledger, got {ledger!r}")
+    if key is not None and (not callable(key) or inspect.iscoroutinefunction(key)):
+        raise TypeError(f"key must be a plain (non-async) function of a source item, got {key!r}")
+    return ledger, key
 
 
 def _check_source(source: object) -> None:
@@ -541,6 +556,8 @@ class Flow:
         *,
         on_scale: OnScale | None = None,
         progress: bool | float = False,
+        ledger: Ledger | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> FlowStats:
         """Run the flow over ``source`` until it drains; the outputs are discarded.
 
@@ -557,6 +574,12 @@ class Flow:
                 error otherwise) and print :meth:`FlowStats.report` when it
                 ends; a number instead of ``True`` sets the seconds between two
                 frames or lines.
+            ledger: a :class:`Ledger`: items it has recorded as finished are
+                skipped (counted in :attr:`FlowStats.resumed`), and every item
+                this run finishes is recorded. See :doc:`resuming`.
+            key: with ``ledger``: a plain function giving each source item's
+                key (a ``str``, ``int`` or ``bytes``, stable across runs); by
+                default the item itself is its key.
 
         Returns:
             The final :class:`FlowStats`.
@@ -575,8 +598,9 @@ class Flow:
         interval = None
         if not isinstance(progress, bool):
             interval = check_number("progress", progress, low=0.0, low_open=True)
+        with_ledger = _ledger_option(ledger, key)
         async with open_run(
-            list(self._jobs), self._error_job, source=source, on_scale=on_scale
+            list(self._jobs), self._error_job, source=source, on_scale=on_scale, ledger=with_ledger
         ) as run:
             if progress is not False:
                 async with monitor(RunningFlow._create(run), interval=interval):
@@ -584,7 +608,12 @@ class Flow:
         return run.snapshot()
 
     def stream(
-        self, source: Iterable[Any] | AsyncIterable[Any], *, on_scale: OnScale | None = None
+        self,
+        source: Iterable[Any] | AsyncIterable[Any],
+        *,
+        on_scale: OnScale | None = None,
+        ledger: Ledger | None = None,
+        key: Callable[[Any], Any] | None = None,
     ) -> AbstractAsyncContextManager[FlowResults]:
         """Run the flow over ``source``, yielding the last job's outputs as they come.
 
@@ -599,11 +628,16 @@ class Flow:
         block normally then waits for the rest of the run (the error job
         included). Leaving it early (a ``break``), or closing the results before
         they end, cancels the run.
+
+        ``ledger`` and ``key`` are those of :meth:`run`: with a ledger, an output
+        counts as finished once the loop asks for the next one (or the results
+        end), so the last output read before leaving early runs again next time.
         """
         self._check_runnable()
         _check_source(source)
         _check_callback(on_scale)
-        return stream_run(list(self._jobs), self._error_job, source, on_scale)
+        with_ledger = _ledger_option(ledger, key)
+        return stream_run(list(self._jobs), self._error_job, source, on_scale, with_ledger)
 
     def start(
         self, *, on_scale: OnScale | None = None

@@ -21,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._adaptive import JobSlots
 from ._batch import Batcher
 from ._errors import ErrorItem
+from ._ledger import unwrap
 from ._options import Exhausted, RateLimit, wrap
 from ._ordered import Reorder
 from ._processors import ProcessorFactory
@@ -301,6 +302,8 @@ class Job:
                 loop = work_ordered
             else:
                 loop = work
+        if self.run.ledger is not None and self is not self.run.error_job:
+            fn, is_gen = self.run.ledger.wrap(self, fn, is_gen)
         try:
             while True:
                 scope = worker.scope
@@ -381,6 +384,8 @@ class Job:
 
         ``weight`` is how many items failed (a batch counts as its items).
         """
+        if self.run.ledger is not None:
+            item = unwrap(item)  # the user's item, out of its ledger carrier
         attempts = 1
         if isinstance(exc, Exhausted):  # retried: report the last failure itself
             attempts = exc.attempts

@@ -24,12 +24,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._errors import ErrorItem, LastWorkItem
 from ._job import Job, Route
+from ._ledger import LedgerError, LedgerResults, LedgerRun
 from ._scaler import ScalingEvent, log_scaling
 from ._stats import FlowStats
 from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
     from ._flow import JobSpec, RouterSpec
+    from ._ledger import Ledger
 
 
 def _last_queue_length(specs: Sequence[JobSpec | RouterSpec]) -> int:
@@ -74,6 +76,8 @@ class Run:
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
         self.feed_scope: anyio.CancelScope | None = None  # made by feed()
+        self.ledger: LedgerRun | None = None  # set by open_run for a run with a ledger
+        self.resumed = 0
 
         try:
             self._build(specs, error_spec, results)
@@ -244,7 +248,9 @@ class Run:
             return  # ended before the feed began
         with self.feed_scope:
             try:
-                if isinstance(source, AsyncIterable):
+                if self.ledger is not None:
+                    await self.ledger.feed(source)
+                elif isinstance(source, AsyncIterable):
                     iterator = aiter(source)
                     try:
                         async for item in iterator:
@@ -320,6 +326,7 @@ class Run:
             items_out=items_out,
             elapsed=end - self.started_at,
             done=self.done.is_set(),
+            resumed=self.resumed,
         )
 
 
@@ -331,20 +338,36 @@ async def open_run(
     source: Iterable[Any] | AsyncIterable[Any] | None = None,
     results: bool = False,
     on_scale: Callable[[ScalingEvent], object] | None = None,
+    ledger: tuple[Ledger, Callable[[Any], Any] | None] | None = None,
 ) -> AsyncIterator[Run]:
     """Build a run and keep it going for the body of the ``async with``."""
     run = Run(specs, error_spec, results=results, on_scale=on_scale)
+    if ledger is not None:
+        run.ledger = LedgerRun(*ledger, run)
+        try:
+            await run.ledger.open()
+        except LedgerError as exc:
+            run.close_streams()
+            raise ExceptionGroup("the flowrhythm run failed", [exc]) from None
     try:
         async with anyio.create_task_group() as task_group:
             if source is not None:  # first: the workers then find their first items waiting
                 task_group.start_soon(run.feed, source, name="flowrhythm source")
             run.start(task_group)
+            if run.ledger is not None:
+                task_group.start_soon(run.ledger.flusher, name="flowrhythm ledger")
             yield run
+            if run.ledger is not None:
+                run.ledger.stop()
     finally:
         run.ended_now()
         run.close_streams()
         run.over = True
         run._settle()
+        if run.ledger is not None:
+            error = await run.ledger.close()
+            if error is not None and run.failure is None:
+                run.failure = error
     if run.failure is not None:
         raise ExceptionGroup("the flowrhythm run failed", [run.failure])
 
@@ -589,10 +612,16 @@ async def stream_run(
     error_spec: JobSpec | None,
     source: Iterable[Any] | AsyncIterable[Any],
     on_scale: Callable[[ScalingEvent], object] | None = None,
+    ledger: tuple[Ledger, Callable[[Any], Any] | None] | None = None,
 ) -> AsyncIterator[FlowResults]:
-    async with open_run(specs, error_spec, source=source, results=True, on_scale=on_scale) as run:
+    async with open_run(
+        specs, error_spec, source=source, results=True, on_scale=on_scale, ledger=ledger
+    ) as run:
         assert run.results is not None
-        results = FlowResults._create(run, run.results)
+        receive = run.results
+        if run.ledger is not None:
+            receive = cast("MemoryObjectReceiveStream[Any]", LedgerResults(receive, run.ledger))
+        results = FlowResults._create(run, receive)
         yield results
         if not results._ended():
             run.cancel()  # left before the results ended: stop the run

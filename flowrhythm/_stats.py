@@ -250,6 +250,8 @@ class FlowStats:
             or discarded by ``run`` / ``start``).
         elapsed: seconds since the run started (until it ended, once it has).
         done: whether every job has drained.
+        resumed: source items skipped because a ledger had them recorded as
+            finished by an earlier run (not counted in ``items_in``).
 
     .. versionadded:: 1.0
     """
@@ -259,6 +261,7 @@ class FlowStats:
     items_out: int
     elapsed: float
     done: bool
+    resumed: int = 0
 
     def bottleneck(self, since: FlowStats | None = None) -> str:
         """Which job limits the flow, and why, in one line a person can read.
