@@ -91,7 +91,7 @@ class LedgerRecord:
     .. versionadded:: 1.0
     """
 
-    key: Key
+    key: str | int | bytes
     failed: bool = False
     exception_type: str | None = None
     message: str | None = None
@@ -302,9 +302,8 @@ class Ledger:
     recorded as failed, and :meth:`failed` gives it back.
 
     The guarantee is *at-least-once*: after a crash, the items that were in
-    flight and those finished in the last unwritten interval (at most
-    :data:`~flowrhythm._ledger.FLUSH_SECONDS` or a few hundred records) run
-    again. Side effects must be idempotent; :func:`current_key` gives a
+    flight and those finished in the last unwritten interval (at most 100 ms
+    or 256 records) run again. Side effects must be idempotent; :func:`current_key` gives a
     processor an idempotency key.
 
     Args:
