@@ -63,6 +63,7 @@ def test_quickstart_runs_as_a_script() -> None:
 
 def test_every_example_is_tested_and_linked_from_the_docs() -> None:
     tested = {"quickstart", "crawl", "api_client", "process_pool", "sqlite_sink", "routed_crawl"}
+    tested.add("resumable_crawl")  # tested in test_ledger_example.py
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
     docs = (ROOT / "docs" / "examples.md").read_text(encoding="utf-8")
     for name in tested - {"quickstart"}:
