@@ -114,6 +114,7 @@ BENCHMARKS = [
     "routing",
     "adaptive",
     "wrappers",
+    "ledger",
 ]
 
 

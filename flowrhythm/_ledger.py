@@ -121,10 +121,10 @@ class LedgerStore(Protocol):
         """Which of ``keys`` are recorded (done or failed): at most a few hundred at once."""
         ...
 
-    def record(self, records: Sequence[LedgerRecord]) -> None:
-        """Write ``records`` in one transaction: all of them, or none (then raise).
+    def record(self, done: Sequence[Key], failed: Sequence[LedgerRecord]) -> None:
+        """Record the keys of ``done`` items and the ``failed`` ones, in one transaction.
 
-        A key already recorded is replaced.
+        All of them, or none (then raise). A key already recorded is replaced.
         """
 
     def failed(self) -> list[LedgerRecord]:
@@ -212,29 +212,25 @@ class SQLiteStore:
             ).fetchall()
         return {row[0] for row in rows}
 
-    def record(self, records: Sequence[LedgerRecord]) -> None:
-        self.record_with(records, None)
-
-    def record_with(
-        self,
-        records: Sequence[LedgerRecord],
-        also: Callable[[sqlite3.Connection], object] | None,
-    ) -> None:
-        """Write ``records``, and whatever ``also`` writes, in one transaction."""
+    def record(self, done: Sequence[Key], failed: Sequence[LedgerRecord]) -> None:
         now = time.time()
-        rows = [
-            (self.run, r.key, r.failed, r.exception_type, r.message, r.job, r.attempts, now)
-            for r in records
-        ]
+        run = self.run
         with self._doing("record finished items") as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                if also is not None:
-                    also(connection)
                 connection.executemany(
-                    "INSERT OR REPLACE INTO flowrhythm_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    "INSERT OR REPLACE INTO flowrhythm_ledger"
+                    " (run, key, failed, attempts, recorded_at) VALUES (?, ?, 0, 0, ?)",
+                    [(run, key, now) for key in done],
                 )
+                if failed:
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO flowrhythm_ledger VALUES (?, ?, 1, ?, ?, ?, ?, ?)",
+                        [
+                            (run, r.key, r.exception_type, r.message, r.job, r.attempts, now)
+                            for r in failed
+                        ],
+                    )
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -516,7 +512,8 @@ class LedgerRun:
         self.ledger = ledger
         self.key = key if key is not None else _identity
         self.run = run
-        self.records: list[LedgerRecord] = []
+        self.done: list[Key] = []  # finished keys not written yet
+        self.failures: list[LedgerRecord] = []
         self.opened = False
         self.broken = False
         self.stopping = False
@@ -542,11 +539,14 @@ class LedgerRun:
             await self.flush()
 
     async def flush(self) -> None:
-        records, self.records = self.records, []
-        if not records or self.broken:
+        done, failures = self.done, self.failures
+        if not (done or failures) or self.broken:
             return
+        self.done, self.failures = [], []
         try:
-            await self.ledger._call("record finished items", self.ledger._store.record, records)
+            await self.ledger._call(
+                "record finished items", self.ledger._store.record, done, failures
+            )
         except LedgerError as exc:
             self.broken = True
             self.run.fail(exc, exc.__cause__ or exc)
@@ -555,11 +555,12 @@ class LedgerRun:
         """The final write and the store's release; returns the error, if any."""
         error: LedgerError | None = None
         with anyio.CancelScope(shield=True):
-            records, self.records = self.records, []
-            if records and not self.broken:
+            done, failures = self.done, self.failures
+            self.done, self.failures = [], []
+            if (done or failures) and not self.broken:
                 try:
                     await self.ledger._call(
-                        "record finished items", self.ledger._store.record, records
+                        "record finished items", self.ledger._store.record, done, failures
                     )
                 except LedgerError as exc:
                     error = exc
@@ -574,10 +575,13 @@ class LedgerRun:
     # -- the roots ------------------------------------------------------------------------
 
     def finish(self, root: Root) -> None:
-        records = self.records
-        records.append(root.failure or LedgerRecord(key=root.key))
-        if len(records) >= FLUSH_MARKS:
-            self._wake.set()
+        if root.failure is None:
+            done = self.done
+            done.append(root.key)
+            if len(done) >= FLUSH_MARKS:
+                self._wake.set()
+        else:
+            self.failures.append(root.failure)
 
     def consumed(self, roots: tuple[Root, ...]) -> None:
         """One input of these roots ended without passing anything on."""

@@ -50,8 +50,8 @@ class MemoryStore:
     def lookup(self, keys: Sequence[Any]) -> Collection[Any]:
         return {key for key in keys if key in self.records}
 
-    def record(self, records: Sequence[LedgerRecord]) -> None:
-        for record in records:
+    def record(self, done: Sequence[Any], failed: Sequence[LedgerRecord]) -> None:
+        for record in [*(LedgerRecord(key=key) for key in done), *failed]:
             self.records[record.key] = record
             self.writes[record.key] += 1
 
@@ -381,10 +381,10 @@ class BrokenStore(MemoryStore):
             raise RuntimeError("connection reset")
         return super().lookup(keys)
 
-    def record(self, records: Sequence[LedgerRecord]) -> None:
+    def record(self, done: Sequence[Any], failed: Sequence[LedgerRecord]) -> None:
         if self.fail_in == "record":
             raise RuntimeError("disk full")
-        super().record(records)
+        super().record(done, failed)
 
     def open(self) -> None:
         if self.fail_in == "open":
