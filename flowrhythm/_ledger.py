@@ -736,7 +736,8 @@ class LedgerRun:
             if discard or out.__class__ is last:
                 consumed(roots)
                 return out
-            return Carried(out, roots)
+            taken.item = out  # one input, one output: the carrier goes on with it
+            return taken
 
         def consumed_all(taken: list[Carried]) -> None:
             for c in taken:
