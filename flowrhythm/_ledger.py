@@ -30,6 +30,7 @@ from collections.abc import (
     Collection,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, final, runtime_checkable
@@ -213,11 +214,22 @@ class SQLiteStore:
         return {row[0] for row in rows}
 
     def record(self, done: Sequence[Key], failed: Sequence[LedgerRecord]) -> None:
+        self.record_with(done, failed, ())
+
+    def record_with(
+        self,
+        done: Sequence[Key],
+        failed: Sequence[LedgerRecord],
+        statements: Sequence[tuple[str, Any]],
+    ) -> None:
+        """Run ``statements`` and record the items, in one transaction."""
         now = time.time()
         run = self.run
         with self._doing("record finished items") as connection:
             connection.execute("BEGIN IMMEDIATE")
             try:
+                for sql, parameters in statements:
+                    connection.execute(sql, parameters)
                 connection.executemany(
                     "INSERT OR REPLACE INTO flowrhythm_ledger"
                     " (run, key, failed, attempts, recorded_at) VALUES (?, ?, 0, 0, ?)",
@@ -393,6 +405,42 @@ class Ledger:
         finally:
             self._release()
 
+    def stage(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> None:
+        """Stage an SQL statement, committed in the transaction that records the current item.
+
+        Call it inside a processor (usually the last job, the sink) of a run given
+        this ledger, kept in SQLite (:meth:`sqlite`): instead of writing its rows
+        itself, the sink stages them, and they are committed in the same
+        transaction as the record of the source item they descend from, once
+        that item has finished. A crash then loses both or neither: for these
+        rows the run is effectively exactly-once. The statement runs on the
+        ledger's own connection to its database; an error in it fails the run
+        (with :class:`LedgerError`), and the records of that transaction are
+        not written.
+
+        For an input that descends from several source items (a batch), the
+        statement is committed with the record of the last of them to finish;
+        the others may be recorded before it, so a crash in between runs them
+        again (at-least-once).
+
+        Raises:
+            TypeError: the ledger is not kept in SQLite, or ``sql`` is not a ``str``.
+            LookupError: not inside a processor of a run given this ledger.
+        """
+        if not isinstance(self._store, SQLiteStore):
+            raise TypeError(
+                "Ledger.stage() needs a ledger kept in SQLite (Ledger.sqlite(...)), "
+                f"this one is kept in {self._store!r}"
+            )
+        if not isinstance(sql, str):
+            raise TypeError(f"sql must be a str, got {sql!r}")
+        run = _current_run.get(None)
+        if run is None or run.ledger is not self:
+            raise LookupError(
+                "Ledger.stage() is only available inside a processor of a run given this ledger"
+            )
+        run.stage(sql, parameters)
+
     async def failed(self) -> list[LedgerRecord]:
         """The items recorded as failed, to replay once the cause is fixed.
 
@@ -442,12 +490,26 @@ def _identity(item: Any) -> Any:
 class Root:
     """One fed source item, and how many of its descendants are still going."""
 
-    __slots__ = ("failure", "key", "outstanding")
+    __slots__ = ("failure", "key", "outstanding", "staged")
 
     def __init__(self, key: Key) -> None:
         self.key = key
         self.outstanding = 1
         self.failure: LedgerRecord | None = None
+        # SQL statements staged with Ledger.stage, committed with this item's record.
+        self.staged: list[Staged] | None = None
+
+
+@final
+class Staged:
+    """One staged statement, waiting for the last of its source items to finish."""
+
+    __slots__ = ("parameters", "remaining", "sql")
+
+    def __init__(self, sql: str, parameters: Any, remaining: int) -> None:
+        self.sql = sql
+        self.parameters = parameters
+        self.remaining = remaining
 
 
 @final
@@ -464,6 +526,7 @@ class Carried:
 _current: contextvars.ContextVar[tuple[Root, ...]] = contextvars.ContextVar(
     "flowrhythm_current_roots"
 )
+_current_run: contextvars.ContextVar[LedgerRun] = contextvars.ContextVar("flowrhythm_ledger_run")
 
 
 def current_key() -> Any:
@@ -514,6 +577,7 @@ class LedgerRun:
         self.run = run
         self.done: list[Key] = []  # finished keys not written yet
         self.failures: list[LedgerRecord] = []
+        self.statements: list[tuple[str, Any]] = []  # staged, their items finished
         self.opened = False
         self.broken = False
         self.stopping = False
@@ -538,15 +602,28 @@ class LedgerRun:
                 self._wake = anyio.Event()
             await self.flush()
 
-    async def flush(self) -> None:
-        done, failures = self.done, self.failures
-        if not (done or failures) or self.broken:
+    async def _write(self) -> None:
+        """Write what has finished since the last write (raises LedgerError)."""
+        done, failures, statements = self.done, self.failures, self.statements
+        if not (done or failures or statements) or self.broken:
             return
-        self.done, self.failures = [], []
-        try:
+        self.done, self.failures, self.statements = [], [], []
+        store = self.ledger._store
+        if statements:
+            assert isinstance(store, SQLiteStore)
             await self.ledger._call(
-                "record finished items", self.ledger._store.record, done, failures
+                "record finished items with their staged statements",
+                store.record_with,
+                done,
+                failures,
+                statements,
             )
+        else:
+            await self.ledger._call("record finished items", store.record, done, failures)
+
+    async def flush(self) -> None:
+        try:
+            await self._write()
         except LedgerError as exc:
             self.broken = True
             self.run.fail(exc, exc.__cause__ or exc)
@@ -555,15 +632,10 @@ class LedgerRun:
         """The final write and the store's release; returns the error, if any."""
         error: LedgerError | None = None
         with anyio.CancelScope(shield=True):
-            done, failures = self.done, self.failures
-            self.done, self.failures = [], []
-            if (done or failures) and not self.broken:
-                try:
-                    await self.ledger._call(
-                        "record finished items", self.ledger._store.record, done, failures
-                    )
-                except LedgerError as exc:
-                    error = exc
+            try:
+                await self._write()
+            except LedgerError as exc:
+                error = exc
             if self.opened:
                 self.opened = False
                 try:
@@ -575,6 +647,11 @@ class LedgerRun:
     # -- the roots ------------------------------------------------------------------------
 
     def finish(self, root: Root) -> None:
+        if root.staged is not None:
+            for staged in root.staged:
+                staged.remaining -= 1
+                if not staged.remaining:
+                    self.statements.append((staged.sql, staged.parameters))
         if root.failure is None:
             done = self.done
             done.append(root.key)
@@ -689,8 +766,22 @@ class LedgerRun:
 
     # -- the jobs -----------------------------------------------------------------------------
 
+    def stage(self, sql: str, parameters: Any) -> None:
+        roots = _current.get(None)
+        if roots is None:
+            raise LookupError(
+                "Ledger.stage() is only available inside a processor of a run given this ledger"
+            )
+        staged = Staged(sql, parameters, len(roots))
+        for root in roots:
+            if root.staged is None:
+                root.staged = [staged]
+            else:
+                root.staged.append(staged)
+
     def wrap(self, job: Job, fn: Callable[[Any], Any], is_gen: bool) -> tuple[Any, bool]:
         """The job's processor (or classify), taking and giving carriers."""
+        _current_run.set(self)  # in the worker's own context: Ledger.stage finds its run
         if job.routes is not None:
             return self._wrap_classify(job, fn, is_gen), True
         discard = job.send is None

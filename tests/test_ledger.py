@@ -505,3 +505,91 @@ async def test_bad_run_options_name_the_field() -> None:
         flow.stream([1], ledger=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="key must be a str, int or bytes"):
         await ledger.forget([1.5])  # type: ignore[list-item]
+
+
+# -- the same-transaction mode -------------------------------------------------------------
+
+
+def pages_table(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS pages (part TEXT, source INTEGER)")
+
+
+def pages_of(path: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(path) as db:
+        return sorted(db.execute("SELECT part, source FROM pages").fetchall())
+
+
+async def test_staged_rows_are_committed_with_the_record_of_their_item(tmp_path: Path) -> None:
+    path = tmp_path / "crawl.db"
+    pages_table(path)
+    ledger = Ledger.sqlite(path)
+    held = anyio.Event()
+    staged: list[str] = []
+
+    async def split(x: int) -> AsyncIterator[str]:
+        for part in range(2):
+            yield f"{x}.{part}"
+
+    async def sink(part: str) -> None:
+        if part == "3.1":
+            held.set()
+            await anyio.sleep_forever()
+        ledger.stage("INSERT INTO pages VALUES (?, ?)", (part, current_key()))
+        staged.append(part)
+
+    flow = Flow().add(split).add(sink, capacity=Capacity(min_workers=2, max_workers=2))
+    async with anyio.create_task_group() as task_group:
+
+        async def go() -> None:
+            await flow.run(range(5), ledger=ledger)
+
+        task_group.start_soon(go)
+        with anyio.fail_after(HANG_GUARD):
+            await held.wait()
+        await wait_until(lambda: len(staged) == 9)  # every part but the held one
+        task_group.cancel_scope.cancel()
+    with sqlite3.connect(path) as db:
+        recorded = {row[0] for row in db.execute("SELECT key FROM flowrhythm_ledger")}
+    # a staged row exists exactly when its source item is recorded: 3.0 was staged, but
+    # item 3 never finished, so neither its row nor its record was committed
+    assert {source for _, source in pages_of(path)} == recorded
+    assert recorded == {0, 1, 2, 4}
+
+    # the rerun finishes item 3 (and writes its rows once)
+    async def sink_again(part: str) -> None:
+        ledger.stage("INSERT INTO pages VALUES (?, ?)", (part, current_key()))
+
+    stats = await run(Flow().add(split).add(sink_again), range(5), ledger)
+    assert stats.resumed == len(recorded)
+    assert pages_of(path) == sorted((f"{x}.{p}", x) for x in range(5) for p in range(2))
+
+
+async def test_a_failing_staged_statement_fails_the_run_with_no_record(tmp_path: Path) -> None:
+    path = tmp_path / "crawl.db"
+    ledger = Ledger.sqlite(path)
+
+    async def sink(x: int) -> None:
+        ledger.stage("INSERT INTO no_such_table VALUES (?)", (x,))
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await run(Flow().add(sink), range(3), ledger)
+    [error] = leaves(caught.value)
+    assert isinstance(error, LedgerError)
+    assert "no such table" in str(error)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM flowrhythm_ledger").fetchone() == (0,)
+
+
+async def test_stage_needs_an_sqlite_ledger_and_a_run() -> None:
+    ledger = Ledger(MemoryStore())
+    with pytest.raises(TypeError, match=r"needs a ledger kept in SQLite"):
+        ledger.stage("INSERT INTO t VALUES (1)")
+
+
+def test_stage_outside_a_run_raises_lookup_error(tmp_path: Path) -> None:
+    ledger = Ledger.sqlite(tmp_path / "l.db")
+    with pytest.raises(LookupError, match="inside a processor of a run given this ledger"):
+        ledger.stage("INSERT INTO t VALUES (1)")
+    with pytest.raises(TypeError, match="sql must be a str"):
+        ledger.stage(b"INSERT")  # type: ignore[arg-type]

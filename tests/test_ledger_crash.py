@@ -11,6 +11,10 @@ after the rerun to the end:
 - every part was written at least once, and the parts written twice are exactly those of keys
   that had finished but were not yet written to the ledger when the process died — at most the
   flush window plus the items in flight.
+
+In the same-transaction mode (``Ledger.stage``), the parts are rows staged into a table of the
+ledger's own database: after the kill exactly the recorded keys have their rows, and after the
+rerun every part has its row exactly once.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ import os, sys
 import anyio
 from flowrhythm import Capacity, Flow, Ledger
 
-db, effects, kill_at, backend = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+db, effects, kill_at, backend, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 fd = os.open(effects, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 written = 0
+ledger = Ledger.sqlite(db, run="crash")
 
 async def split(key):
     for part in range({PARTS}):
@@ -46,7 +51,10 @@ async def split(key):
 
 async def write(part):
     global written
-    os.write(fd, (part + "\\n").encode())
+    if mode == "stage":  # the same transaction as the ledger's record
+        ledger.stage("INSERT INTO effects VALUES (?)", (part,))
+    else:
+        os.write(fd, (part + "\\n").encode())
     written += 1
     if written == kill_at:
         os._exit(3)
@@ -55,15 +63,17 @@ async def write(part):
 async def main():
     flow = Flow().add(split, capacity=Capacity(queue_length=64))
     flow.add(write, capacity=Capacity(min_workers=4, max_workers=4, queue_length=64))
-    await flow.run((f"k{{n}}" for n in range({KEYS})), ledger=Ledger.sqlite(db, run="crash"))
+    await flow.run((f"k{{n}}" for n in range({KEYS})), ledger=ledger)
 
 anyio.run(main, backend=backend)
 """
 
 
-def run_script(script: Path, db: Path, effects: Path, kill_at: int, backend: str) -> int:
+def run_script(
+    script: Path, db: Path, effects: Path, kill_at: int, backend: str, mode: str = "file"
+) -> int:
     done = subprocess.run(
-        [sys.executable, str(script), str(db), str(effects), str(kill_at), backend],
+        [sys.executable, str(script), str(db), str(effects), str(kill_at), backend, mode],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -118,3 +128,37 @@ def test_a_killed_run_resumes_at_least_once(tmp_path: Path, kill_at: int, backen
     duplicated_keys = {part.split(":")[0] for part in duplicated}
     assert finished_unrecorded <= duplicated_keys
     assert len(duplicated_keys) <= WINDOW_BOUND
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    kill_at=st.integers(min_value=1, max_value=KEYS * PARTS),
+    backend=st.sampled_from(["asyncio", "trio"]),
+)
+def test_staged_rows_are_written_exactly_once_across_a_crash(
+    tmp_path: Path, kill_at: int, backend: str
+) -> None:
+    work = tmp_path / f"{backend}-{kill_at}"
+    work.mkdir()
+    script = work / "crawl.py"
+    script.write_text(SCRIPT, encoding="utf-8")
+    db, effects = work / "ledger.db", work / "unused.txt"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE effects (part TEXT NOT NULL)")  # no key: twice shows
+
+    assert run_script(script, db, effects, kill_at, backend, "stage") == 3
+    with sqlite3.connect(db) as connection:
+        rows = Counter(row[0] for row in connection.execute("SELECT part FROM effects"))
+    recorded = ledger_keys(db)
+    # after the kill: the rows of exactly the recorded keys, once each
+    assert rows == Counter(f"{key}:{part}" for key in recorded for part in range(PARTS))
+
+    assert run_script(script, db, effects, 0, backend, "stage") == 0
+    with sqlite3.connect(db) as connection:
+        rows = Counter(row[0] for row in connection.execute("SELECT part FROM effects"))
+    assert rows == Counter(f"k{n}:{p}" for n in range(KEYS) for p in range(PARTS))
+    assert sorted(ledger_keys(db)) == sorted(f"k{n}" for n in range(KEYS))
