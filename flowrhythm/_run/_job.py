@@ -18,20 +18,20 @@ from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._adaptive import JobSlots
+from .._adaptive import JobSlots
+from .._errors import ErrorItem
+from .._processors import ProcessorFactory
+from .._stats import Counters, JobStats
+from .._timing import RateWindow
 from ._batch import Batcher
-from ._errors import ErrorItem
-from ._options import Exhausted, RateLimit, wrap
-from ._ordered import Reorder
-from ._processors import ProcessorFactory
-from ._scaler import run_scaler
-from ._stats import Counters, JobStats
-from ._timing import RateWindow
-from ._worker import NOTHING, Numbered, Worker, work, work_general, work_ordered, work_router
+from ._calls import Exhausted, RateLimit, wrap
+from ._loop import work, work_general, work_ordered, work_router
+from ._ordered import Numbered, Reorder
+from ._worker import NOTHING, Worker
 
 if TYPE_CHECKING:
-    from ._flow import JobSpec, RouterSpec
-    from ._runtime import Run
+    from .._options import JobSpec, RouterSpec
+    from ._run import Run
 
 
 @final
@@ -152,15 +152,13 @@ class Job:
         return len(self.workers) - self.retiring
 
     def start(self, task_group: TaskGroup) -> None:
-        """Start the job's initial workers (and its scaler) in the run's task group."""
+        """Start the job's initial workers in the run's task group."""
         self.task_group = task_group
         initial = self.spec.capacity.initial_workers
         for _ in range(initial):
             self.add_worker()
         if not initial:
             self._start_doorman()
-        if self.scales:
-            task_group.start_soon(run_scaler, self, name=f"flowrhythm {self.name} scaler")
 
     def add_worker(self, item: Any = NOTHING) -> None:
         """Start one more worker (counted at once, so stats never lag).

@@ -18,9 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
+from anyio import EndOfStream, WouldBlock
+
+from ._worker import NOTHING, Worker
 
 if TYPE_CHECKING:
-    from ._stats import Counters
+    from .._stats import Counters
+    from ._job import Job
 
 
 @final
@@ -111,3 +115,81 @@ class Reorder:
         if self.space is not None:
             self.space.set()
             self.space = None
+
+
+@final
+class Numbered:
+    """An input and its sequence number, kept together across a rescue."""
+
+    __slots__ = ("item", "seq")
+
+    def __init__(self, item: Any, seq: int) -> None:
+        self.item = item
+        self.seq = seq
+
+
+async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
+    """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
+
+    Inputs are numbered (and counted as received) the instant they leave the
+    queue. Without waiting, a worker takes one whenever the window has room and
+    no worker is inside a waiting ``receive`` (whose item may already be on its
+    way to it, not yet numbered). Otherwise it waits for room (blocked), then
+    queues on the reorder lock (idle): the holder takes an input without waiting
+    if one is there, or else waits for one, and numbers it. Quick takes never
+    queue behind the lock, only behind a worker really waiting for input. A
+    worker in here holds no item, so retiring it is safe throughout.
+    """
+    if worker.retiring:
+        return NOTHING
+    receive = job.receive
+    counters = job.counters
+    if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
+        try:
+            item = receive.receive_nowait()
+        except WouldBlock:
+            pass
+        except EndOfStream:
+            job.input_ended = True
+            return NOTHING
+        else:
+            counters.received += 1
+            return item, reorder.take()
+    lock = reorder.lock
+    worker.waiting = True
+    try:
+        while True:
+            await reorder.wait_for_room()  # blocked while the window is full
+            since = counters.enter_idle()
+            try:
+                await lock.acquire()  # idle: another worker waits for input
+            finally:
+                counters.leave_idle(since)
+            try:
+                if not reorder.has_room():
+                    continue  # the window filled up meanwhile
+                try:
+                    item = receive.receive_nowait()
+                except WouldBlock:
+                    reorder.receiving = True
+                    since = counters.enter_idle()
+                    try:
+                        item = await receive.receive()
+                    finally:
+                        reorder.receiving = False
+                        counters.leave_idle(since)
+                counters.received += 1
+                seq = reorder.take()
+                break
+            except EndOfStream:
+                job.input_ended = True
+                return NOTHING
+            finally:
+                lock.release()
+    finally:
+        worker.waiting = False
+    if worker.leaving:
+        worker.rescued = Numbered(item, seq)
+        return NOTHING
+    return item, seq
+

@@ -22,14 +22,15 @@ from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import ErrorItem, LastWorkItem
+from .._errors import ErrorItem, LastWorkItem
+from .._scaling import ScalingEvent
+from .._stats import FlowStats
 from ._job import Job, Route
-from ._scaler import ScalingEvent, log_scaling
-from ._stats import FlowStats
+from ._scaler import log_scaling, run_scaler
 from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
-    from ._flow import JobSpec, RouterSpec
+    from .._options import JobSpec, RouterSpec
 
 
 def _last_queue_length(specs: Sequence[JobSpec | RouterSpec]) -> int:
@@ -176,6 +177,8 @@ class Run:
         self.task_group = task_group
         for job in self.all_jobs:
             job.start(task_group)
+            if job.scales:
+                task_group.start_soon(run_scaler, job, name=f"flowrhythm {job.name} scaler")
 
     def job_finished(self) -> None:
         self._unfinished -= 1

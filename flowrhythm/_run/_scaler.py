@@ -12,45 +12,17 @@ finishes, so a run never waits for a scaler's sleep.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 
-from ._capacity import scaling_knobs
-from ._scaling import ScalingSample, make_strategy
+from .._capacity import scaling_knobs
+from .._scaling import ScalingEvent, ScalingSample, make_strategy
 
 if TYPE_CHECKING:
     from ._job import Job
 
 logger = logging.getLogger("flowrhythm")
-
-
-@final
-@attrs.frozen(kw_only=True)
-class ScalingEvent:
-    """One scaling decision: a change of a job's worker count, or a cap on it.
-
-    A strategy that keeps the count but gives a new reason (the default
-    strategy does so when it confirms a hidden limit and caps the job where it
-    is) makes an event with ``old == new``; it counts as neither a scale-up nor
-    a scale-down. The same reason again, with the count kept, makes none.
-
-    Attributes:
-        job: the job's name.
-        time: the event loop's clock when it was decided.
-        old: workers before.
-        new: workers after.
-        reason: why, in words.
-
-    .. versionadded:: 1.0
-    """
-
-    job: str
-    time: float
-    old: int
-    new: int
-    reason: str
 
 
 def _target(decision: Any, job: str) -> tuple[int, str]:
