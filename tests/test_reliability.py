@@ -502,7 +502,7 @@ async def test_end_of_input_with_many_workers_reaches_each_job_exactly_once(
     original = flowrhythm._run._job.Job.finish
 
     def finish(job: Any) -> None:
-        finishes.append((job.name, len(job.workers), job.finished))
+        finishes.append((job.name, job.counters.workers, job.finished))
         original(job)
 
     monkeypatch.setattr(flowrhythm._run._job.Job, "finish", finish)

@@ -21,7 +21,7 @@ from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._ordered import Numbered
-from ._worker import NOTHING, Worker
+from ._worker import LEAVING, NOTHING, Worker
 
 if TYPE_CHECKING:
     from .._options import Batch
@@ -104,7 +104,7 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
     is numbered before anyone else can take an input, and the window keeps the
     room it had while the gate is held: only the gate holder numbers.
     """
-    if worker.retiring:
+    if worker.retirement:
         return NOTHING
     counters = job.counters
     receive = job.receive
@@ -149,7 +149,7 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
             worker.waiting = False
         counters.received += 1
     try:
-        if worker.leaving:
+        if worker.retirement is LEAVING:
             # Retired in the instant the first item came: the worker's scope is
             # cancelled, so nothing may wait; the batch goes as it is.
             batcher.take_ready(items, receive.receive_nowait)
@@ -163,4 +163,3 @@ async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorde
         return items if reorder is None else (items, reorder.take())
     finally:
         gate.release()
-

@@ -27,11 +27,12 @@ from .._errors import LastWorkItem, StopProcessing
 from .._timing import FIRST_CALLS
 from ._batch import take_batch
 from ._ordered import Numbered, take_in_order
-from ._worker import NOTHING, YIELD_EVERY, Worker
+from ._worker import LEAVING, NOTHING, YIELD_EVERY, Worker
 
 if TYPE_CHECKING:
     from .._options import RouterSpec
     from ._job import Job
+
 
 async def _check_cancel(job: Job, exc: BaseException) -> None:
     """A processor raised the cancellation exception: was the worker cancelled?
@@ -63,7 +64,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
     returns it: then the item is kept in :attr:`Worker.rescued` for the worker
     task to process outside the cancelled scope.
     """
-    if worker.retiring:
+    if worker.retirement:
         return NOTHING
     counters = job.counters
     since = counters.enter_idle()
@@ -77,7 +78,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
         worker.waiting = False
         counters.leave_idle(since)
     counters.received += 1  # counted the instant it leaves the queue
-    if worker.leaving:
+    if worker.retirement is LEAVING:
         worker.rescued = item
         return NOTHING
     return item
@@ -181,7 +182,7 @@ async def work(
             await checkpoint()
 
         # -- receive the next item: without waiting if one is there ---------------
-        if worker.retiring:
+        if worker.retirement:
             return  # asked to leave: this is the safe point after an item
         try:
             item = receive_nowait()
@@ -289,7 +290,7 @@ async def work_ordered(
     while True:
         # -- take an input, numbered as it leaves the queue -----------------------------
         if item is NOTHING:
-            if worker.retiring:
+            if worker.retirement:
                 return  # asked to leave: this is the safe point after an item
             if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
                 try:
@@ -365,7 +366,6 @@ async def work_ordered(
         if not budget:
             budget = YIELD_EVERY
             await checkpoint()
-
 
 
 async def _process(
@@ -501,7 +501,7 @@ async def work_router(
             await checkpoint()
 
         # -- receive the next item: without waiting if one is there ---------------
-        if worker.retiring:
+        if worker.retirement:
             return  # asked to leave: this is the safe point after an item
         try:
             item = receive_nowait()

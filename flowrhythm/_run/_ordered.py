@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 from anyio import EndOfStream, WouldBlock
 
-from ._worker import NOTHING, Worker
+from ._worker import LEAVING, NOTHING, Worker
 
 if TYPE_CHECKING:
     from .._stats import Counters
@@ -140,7 +140,7 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
     queue behind the lock, only behind a worker really waiting for input. A
     worker in here holds no item, so retiring it is safe throughout.
     """
-    if worker.retiring:
+    if worker.retirement:
         return NOTHING
     receive = job.receive
     counters = job.counters
@@ -188,8 +188,7 @@ async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
                 lock.release()
     finally:
         worker.waiting = False
-    if worker.leaving:
+    if worker.retirement is LEAVING:
         worker.rescued = Numbered(item, seq)
         return NOTHING
     return item, seq
-

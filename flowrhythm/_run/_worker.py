@@ -7,6 +7,7 @@ cancel scope is cancelled then), or after the item it is processing.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Final, final
 
 import anyio
@@ -18,24 +19,43 @@ YIELD_EVERY: Final = 64
 NOTHING: Final[Any] = object()
 
 
-@final
-class Worker:
-    """One worker task's handle: how a scaler retires it safely.
+class Retirement(enum.IntEnum):
+    """Where a worker stands on leaving: one field, changed only by its pool.
 
-    Each worker runs in its own cancel scope. :meth:`retire` cancels that scope
-    only while the worker waits for input, holding no item; otherwise it only
-    asks the worker to leave after its current item. ``leaving`` means the
-    retirement has taken effect and can no longer be withdrawn.
+    ``STAYING`` is false and every other state true, so the hot path asks
+    ``if worker.retirement:`` once per item.
     """
 
-    __slots__ = ("leaving", "rescued", "retiring", "scope", "waiting")
+    STAYING = 0  #: not asked to leave
+    ASKED = 1  #: asked to leave after its current item; the pool may withdraw it
+    LEAVING = 2  #: asked, and it took effect: final
+    DONE = 3  #: its loop ended by itself (input ended, or it failed): final
+
+
+STAYING: Final = Retirement.STAYING
+ASKED: Final = Retirement.ASKED
+LEAVING: Final = Retirement.LEAVING
+DONE: Final = Retirement.DONE
+
+
+@final
+class Worker:
+    """One worker task's handle: how its pool retires it safely.
+
+    Each worker of a scaling job runs in its own cancel scope. :meth:`retire`
+    cancels that scope only while the worker waits for input, holding no item
+    (the retirement is then ``LEAVING`` at once); otherwise the worker is only
+    ``ASKED`` to leave after its current item, which the pool can withdraw with
+    :meth:`revive` until the worker acts on it.
+    """
+
+    __slots__ = ("rescued", "retirement", "scope", "waiting")
 
     def __init__(self, *, retirable: bool = True) -> None:
         # Only a worker of a scaling job can be retired, and so needs a scope.
         self.scope: anyio.CancelScope | None = anyio.CancelScope() if retirable else None
         self.waiting = False  # in the idle wait for input: safe to cancel
-        self.retiring = False
-        self.leaving = False
+        self.retirement = STAYING
         # An item that arrived just as the worker was retired (see wait_for_item).
         self.rescued: Any = NOTHING
 
@@ -45,21 +65,25 @@ class Worker:
 
     def retire(self) -> None:
         """Ask the worker to stop at its next safe point (never mid-item)."""
-        self.retiring = True
         if self.waiting:
-            self.leaving = True
+            self.retirement = LEAVING
             assert self.scope is not None, "a worker of a job that does not scale is retired"
             self.scope.cancel()
+        else:
+            self.retirement = ASKED
 
     def revive(self) -> bool:
         """Withdraw a retirement request that has not taken effect yet."""
-        if self.retiring and not self.leaving:
-            self.retiring = False
+        if self.retirement is ASKED:
+            self.retirement = STAYING
             return True
         return False
 
     def renew(self) -> None:
-        """After a rescue: a fresh scope, and no longer retiring."""
+        """After a rescue: a fresh scope, and staying."""
         self.scope = anyio.CancelScope()
-        self.retiring = self.leaving = False
+        self.retirement = STAYING
 
+    def stop(self) -> None:
+        """Its loop has ended: a retirement asked for now takes effect; nothing can revive it."""
+        self.retirement = LEAVING if self.retirement else DONE
