@@ -20,8 +20,7 @@ from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ._ordered import Numbered
-from ._worker import LEAVING, NOTHING, Worker
+from ._worker import LEAVING, NOTHING, Taken, Worker
 
 if TYPE_CHECKING:
     from .._options import Batch
@@ -34,12 +33,13 @@ if TYPE_CHECKING:
 class Batcher:
     """The batching of one job in one run (private)."""
 
-    __slots__ = ("counters", "gate", "size", "timeout")
+    __slots__ = ("counters", "gate", "reorder", "size", "timeout")
 
-    def __init__(self, batch: Batch, counters: Counters) -> None:
+    def __init__(self, batch: Batch, counters: Counters, reorder: Reorder | None) -> None:
         self.size = batch.size
         self.timeout = batch.timeout
         self.counters = counters
+        self.reorder = reorder  # an ordered job's window: batches are numbered
         # Held by the one worker (or the doorman) that waits for input to gather.
         self.gate = anyio.Lock()
 
@@ -91,75 +91,91 @@ class Batcher:
             self.counters.received += 1
             yielded = False
 
+    async def take(self, job: Job, worker: Worker) -> Any:
+        """Take the next batch: a :class:`Taken` (numbered, for an ordered job), or :data:`NOTHING`.
 
-async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorder | None) -> Any:
-    """Take the next batch of a batched job, or :data:`NOTHING` when the worker should leave.
-
-    Returns the batch (a list), or ``(batch, seq)`` for an ordered job. Without
-    waiting, a worker takes a full batch when nobody is gathering and the queue
-    holds one (and, ordered, the reorder window has room). Otherwise it gathers
-    under the gate: it waits for room in the window (blocked), the gate and the
-    first item holding nothing (idle, and safe to retire), then completes the
-    batch holding its items (idle, and not cancelled by a retirement). A batch
-    is numbered before anyone else can take an input, and the window keeps the
-    room it had while the gate is held: only the gate holder numbers.
-    """
-    if worker.retirement:
-        return NOTHING
-    counters = job.counters
-    receive = job.receive
-    gate = batcher.gate
-    items: list[Any] = []
-    if not gate.locked() and (reorder is None or reorder.has_room()):
-        ended = batcher.take_ready(items, receive.receive_nowait)
-        if len(items) == batcher.size or (ended and items):
-            return items if reorder is None else (items, reorder.take())
-        if ended:
-            job.input_ended = True
+        Without waiting, a worker takes a full batch when nobody is gathering and
+        the queue holds one (and, ordered, the reorder window has room).
+        Otherwise it gathers under the gate: it waits for room in the window
+        (blocked), the gate and the first item holding nothing (idle, and safe to
+        retire), then completes the batch holding its items (idle, and not
+        cancelled by a retirement). A batch is numbered before anyone else can
+        take an input, and the window keeps the room it had while the gate is
+        held: only the gate holder numbers.
+        """
+        if worker.retirement:
             return NOTHING
-        if items:
-            gate.acquire_nowait()
-    if not items:
-        worker.waiting = True
-        try:
-            while True:
-                if reorder is not None:
-                    await reorder.wait_for_room()  # blocked while the window is full
-                since = counters.enter_idle()
-                try:
-                    await gate.acquire()  # idle: another worker is gathering
-                finally:
-                    counters.leave_idle(since)
-                if reorder is None or reorder.has_room():
-                    break
-                gate.release()  # the window filled up meanwhile
-            since = counters.enter_idle()
-            try:
-                items.append(await receive.receive())
-            except EndOfStream:
-                gate.release()
+        batcher = self
+        reorder = self.reorder
+        counters = job.counters
+        receive = job.receive
+        gate = batcher.gate
+        items: list[Any] = []
+        if not gate.locked() and (reorder is None or reorder.has_room()):
+            ended = batcher.take_ready(items, receive.receive_nowait)
+            if len(items) == batcher.size or (ended and items):
+                return self._taken(items)
+            if ended:
                 job.input_ended = True
                 return NOTHING
-            except BaseException:
-                gate.release()
-                raise
+            if items:
+                gate.acquire_nowait()
+        if not items:
+            worker.waiting = True
+            try:
+                while True:
+                    if reorder is not None:
+                        await reorder.wait_for_room()  # blocked while the window is full
+                    since = counters.enter_idle()
+                    try:
+                        await gate.acquire()  # idle: another worker is gathering
+                    finally:
+                        counters.leave_idle(since)
+                    if reorder is None or reorder.has_room():
+                        break
+                    gate.release()  # the window filled up meanwhile
+                since = counters.enter_idle()
+                try:
+                    items.append(await receive.receive())
+                except EndOfStream:
+                    gate.release()
+                    job.input_ended = True
+                    return NOTHING
+                except BaseException:
+                    gate.release()
+                    raise
+                finally:
+                    counters.leave_idle(since)
+            finally:
+                worker.waiting = False
+            counters.received += 1
+        try:
+            if worker.retirement is LEAVING:
+                # Retired in the instant the first item came: the worker's scope is
+                # cancelled, so nothing may wait; the batch goes as it is.
+                batcher.take_ready(items, receive.receive_nowait)
+                worker.rescued = self._taken(items)
+                return NOTHING
+            since = counters.enter_idle()
+            try:
+                await batcher.complete(items, receive)
             finally:
                 counters.leave_idle(since)
+            return self._taken(items)
         finally:
-            worker.waiting = False
-        counters.received += 1
-    try:
-        if worker.retirement is LEAVING:
-            # Retired in the instant the first item came: the worker's scope is
-            # cancelled, so nothing may wait; the batch goes as it is.
-            batcher.take_ready(items, receive.receive_nowait)
-            worker.rescued = items if reorder is None else Numbered(items, reorder.take())
-            return NOTHING
-        since = counters.enter_idle()
-        try:
-            await batcher.complete(items, receive)
-        finally:
-            counters.leave_idle(since)
-        return items if reorder is None else (items, reorder.take())
-    finally:
-        gate.release()
+            gate.release()
+
+    async def first(self, job: Job) -> Taken:
+        """The doorman's take: gather the first batch under the gate, like a worker.
+
+        Raises :exc:`~anyio.EndOfStream` if the input ends before its first item.
+        """
+        async with self.gate:
+            items = [await job.receive.receive()]
+            self.counters.received += 1
+            await self.complete(items, job.receive)
+            return self._taken(items)
+
+    def _taken(self, items: list[Any]) -> Taken:
+        """The batch as a worker carries it, numbered (only the gate holder numbers)."""
+        return Taken(items, self.reorder.number() if self.reorder is not None else 0, len(items))

@@ -56,6 +56,7 @@ class Job:
         "errors",
         "finished",
         "input_ended",
+        "intake",
         "rate",
         "rate_limit",
         "receive",
@@ -96,7 +97,15 @@ class Job:
             if options.ordered and max_workers > 1
             else None
         )
-        self.batcher = Batcher(options.batch, self.counters) if options.batch is not None else None
+        self.batcher = (
+            Batcher(options.batch, self.counters, self.reorder)
+            if options.batch is not None
+            else None
+        )
+        # How the workers of an ordered or batched job take their inputs.
+        self.intake: Batcher | Reorder | None = (
+            self.batcher if self.batcher is not None else self.reorder
+        )
         self.rate_limit = (
             RateLimit(options.max_per_second, self.counters)
             if options.max_per_second is not None

@@ -25,9 +25,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .._errors import LastWorkItem, StopProcessing
 from .._timing import FIRST_CALLS
-from ._batch import take_batch
-from ._ordered import Numbered, take_in_order
-from ._worker import LEAVING, NOTHING, YIELD_EVERY, Worker
+from ._worker import LEAVING, NOTHING, YIELD_EVERY, Taken, Worker
 
 if TYPE_CHECKING:
     from .._options import RouterSpec
@@ -201,36 +199,30 @@ async def work(
 async def work_general(
     job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
 ) -> None:
-    """The worker loop of a job with ``ordered=`` or ``batch=``.
+    """The worker loop of a batched job, or of an ordered job whose processor is a generator.
 
-    The same steps as :func:`work`, plus a sequence number and a parked list of
-    outputs per input (ordered), and item counts per batch (batch). Kept apart
-    so that plain jobs pay nothing for either.
+    The same steps as :func:`work`, with every input taken through the job's
+    intake (:meth:`Batcher.take <flowrhythm._run._batch.Batcher.take>` or
+    :meth:`Reorder.take <flowrhythm._run._ordered.Reorder.take>`) as one
+    :class:`Taken`: numbered (ordered) and weighed (a batch counts as its
+    items); an ordered job's outputs are parked until their turn. ``item`` is a
+    :class:`Taken` handed over by the doorman or rescued, or :data:`NOTHING`.
+    Kept apart so that plain jobs pay nothing for either.
     """
     counters = job.counters
     reorder = job.reorder
-    batcher = job.batcher
-    batched = batcher is not None
+    intake = job.intake
+    assert intake is not None  # plain jobs run `work`
     budget = YIELD_EVERY
+    taken: Any = item
 
     while True:
         # -- take an input ------------------------------------------------------------
-        seq = 0
-        if item is NOTHING:
-            if batcher is not None:
-                taken = await take_batch(job, worker, batcher, reorder)
-            else:
-                assert reorder is not None  # plain jobs run `work`
-                taken = await take_in_order(job, worker, reorder)
+        if taken is NOTHING:
+            taken = await intake.take(job, worker)
             if taken is NOTHING:
                 return
-            if reorder is not None:
-                item, seq = taken
-            else:
-                item = taken
-        elif isinstance(item, Numbered):  # rescued, or handed over by the doorman
-            item, seq = item.item, item.seq
-        weight = len(item) if batched else 1
+        item, seq, weight = taken.item, taken.seq, taken.weight
 
         # -- process: outputs go downstream now, or park until their turn ---------------
         outputs: list[Any] | None = [] if reorder is not None else None
@@ -253,7 +245,7 @@ async def work_general(
         if reorder is not None:
             assert outputs is not None
             await reorder.release(seq, outputs, weight if ok else 0, job.forward)
-        item = NOTHING
+        taken = NOTHING
 
         budget -= 1
         if not budget:
@@ -284,7 +276,7 @@ async def work_ordered(
     last = LastWorkItem
     budget = YIELD_EVERY
     seq = 0
-    if isinstance(item, Numbered):  # rescued, or handed over by the doorman
+    if item.__class__ is Taken:  # rescued, or handed over by the doorman
         item, seq = item.item, item.seq
 
     while True:
@@ -305,10 +297,10 @@ async def work_ordered(
                     seq = reorder.next_seq
                     reorder.next_seq = seq + 1
             if item is NOTHING:
-                taken = await take_in_order(job, worker, reorder)
+                taken = await reorder.take(job, worker)
                 if taken is NOTHING:
                     return
-                item, seq = taken
+                item, seq = taken.item, taken.seq
                 budget = YIELD_EVERY
 
         # -- process ------------------------------------------------------------------

@@ -29,7 +29,6 @@ from .._processors import ProcessorFactory
 from .._scaling import ScalingEvent
 from ._calls import wrap
 from ._loop import work, work_general, work_ordered, work_router
-from ._ordered import Numbered
 from ._worker import ASKED, LEAVING, NOTHING, Worker
 
 if TYPE_CHECKING:
@@ -159,23 +158,15 @@ class Pool:
         while the job has no worker; the scaler leaves such a job alone.
         """
         job = self.job
-        batcher = job.batcher
-        reorder = job.reorder
-        receive = job.receive
+        intake = job.intake
         try:
-            if batcher is None:
-                item = await receive.receive()
-                # Counted and numbered the instant it leaves the queue: the new
-                # worker may take a while to open, and the run may be cancelled.
+            if intake is None:
+                item = await job.receive.receive()
+                # Counted the instant it leaves the queue: the new worker may
+                # take a while to open, and the run may be cancelled.
                 job.counters.received += 1
-                if reorder is not None:
-                    item = Numbered(item, reorder.take())
-            else:  # a batched job: the doorman gathers the first batch
-                async with batcher.gate:
-                    items = [await receive.receive()]
-                    job.counters.received += 1
-                    await batcher.complete(items, receive)
-                    item = items if reorder is None else Numbered(items, reorder.take())
+            else:  # numbered, or gathered into the first batch, by the intake
+                item = await intake.first(job)
         except EndOfStream:
             job.input_ended = True
             if not self.workers:

@@ -87,3 +87,21 @@ class Worker:
     def stop(self) -> None:
         """Its loop has ended: a retirement asked for now takes effect; nothing can revive it."""
         self.retirement = LEAVING if self.retirement else DONE
+
+
+@final
+class Taken:
+    """One input as a worker of an ordered or batched job took it.
+
+    ``item`` is the input (a list, for a batch), ``seq`` its number in an
+    ordered job's sequence (0 otherwise), and ``weight`` how many items it
+    counts for (a batch's length). It travels as one object from the intake
+    to the worker, across a rescue, and from the doorman to the first worker.
+    """
+
+    __slots__ = ("item", "seq", "weight")
+
+    def __init__(self, item: Any, seq: int = 0, weight: int = 1) -> None:
+        self.item = item
+        self.seq = seq
+        self.weight = weight
