@@ -244,33 +244,58 @@ class LedgerRun:
     # -- the feed ------------------------------------------------------------------------
 
     async def feed(self, source: Iterable[Any] | AsyncIterable[Any]) -> None:
-        """Feed the items of ``source`` whose keys are not recorded, in batches."""
-        if not isinstance(source, AsyncIterable):
-            iterator = iter(source)
-            while batch := list(itertools.islice(iterator, LOOKUP_BATCH)):
-                if not await self._feed_batch(batch):
-                    return
-            return
-        send, receive = anyio.create_memory_object_stream[Any](LOOKUP_BATCH)
+        """Feed the items of ``source`` whose keys are not recorded.
+
+        A task reads the source in batches and looks their keys up (in a worker
+        thread) one batch ahead, while this one feeds the batch before: the
+        first job never waits for a lookup, only for the source.
+        """
+        send, receive = anyio.create_memory_object_stream[Any](1)
         failure: list[BaseException] = []
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._pump, source, send, failure)
+            task_group.start_soon(self._look_up, source, send, failure)
             with receive:
-                while True:
-                    try:
-                        batch = [await receive.receive()]
-                    except EndOfStream:
-                        break
-                    while len(batch) < LOOKUP_BATCH:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (WouldBlock, EndOfStream):
-                            break
-                    if not await self._feed_batch(batch):
+                async for looked_up in receive:
+                    if not await self._feed_batch(*looked_up):
                         break
             task_group.cancel_scope.cancel()
         if failure:
             raise failure[0]
+
+    async def _look_up(
+        self,
+        source: Iterable[Any] | AsyncIterable[Any],
+        send: MemoryObjectSendStream[Any],
+        failure: list[BaseException],
+    ) -> None:
+        """Read ``source`` in batches; send each with its keys and those already recorded."""
+        try:
+            with send:
+                if not isinstance(source, AsyncIterable):
+                    iterator = iter(source)
+                    while batch := list(itertools.islice(iterator, LOOKUP_BATCH)):
+                        if not await self._send_looked_up(batch, send):
+                            return
+                    return
+                items, items_receive = anyio.create_memory_object_stream[Any](LOOKUP_BATCH)
+                async with anyio.create_task_group() as task_group:
+                    task_group.start_soon(self._pump, source, items, failure)
+                    with items_receive:
+                        while True:
+                            try:
+                                batch = [await items_receive.receive()]
+                            except EndOfStream:
+                                break
+                            while len(batch) < LOOKUP_BATCH:
+                                try:
+                                    batch.append(items_receive.receive_nowait())
+                                except (WouldBlock, EndOfStream):
+                                    break
+                            if not await self._send_looked_up(batch, send):
+                                break
+                    task_group.cancel_scope.cancel()
+        except Exception as exc:  # noqa: BLE001 - raised by the feed, as a plain source's is
+            failure.append(exc)
 
     async def _pump(
         self,
@@ -293,8 +318,8 @@ class LedgerRun:
                 with anyio.CancelScope(shield=True):
                     await aclose()
 
-    async def _feed_batch(self, batch: list[Any]) -> bool:
-        run = self.run
+    async def _send_looked_up(self, batch: list[Any], send: MemoryObjectSendStream[Any]) -> bool:
+        """Look the keys of ``batch`` up; hand it on. False: the source ended its input."""
         ended = False
         for index, item in enumerate(batch):
             if item.__class__ is LastWorkItem:
@@ -307,9 +332,16 @@ class LedgerRun:
             key = key_of(item)
             _check_key(key, item)
             keys.append(key)
-        done: Collection[Key] = set()
+        done: Collection[Key] = ()
         if keys:
             done = await self.ledger._call("look keys up", self.ledger._store.lookup, keys)
+        await send.send((batch, keys, done, ended))
+        return not ended
+
+    async def _feed_batch(
+        self, batch: list[Any], keys: list[Key], done: Collection[Key], ended: bool
+    ) -> bool:
+        run = self.run
         for item, key in zip(batch, keys, strict=True):
             if key in done:
                 run.resumed += 1
