@@ -593,3 +593,28 @@ def test_stage_outside_a_run_raises_lookup_error(tmp_path: Path) -> None:
         ledger.stage("INSERT INTO t VALUES (1)")
     with pytest.raises(TypeError, match="sql must be a str"):
         ledger.stage(b"INSERT")  # type: ignore[arg-type]
+
+
+async def test_current_key_in_a_thread_and_an_ordered_job() -> None:
+    store = MemoryStore()
+    seen: list[tuple[int, Any]] = []
+
+    def blocking(x: int) -> int:
+        seen.append((x, current_key()))  # runs in a worker thread
+        return x
+
+    async def shuffle(x: int) -> int:
+        await anyio.sleep(0 if x % 2 else 0.001)
+        return x
+
+    flow = (
+        Flow()
+        .add(blocking, executor="thread")
+        .add(shuffle, ordered=True, capacity=Capacity(min_workers=4, max_workers=4))
+    )
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.stream(range(20), ledger=Ledger(store), key=lambda x: f"k{x}") as results:
+            outputs = [out async for out in results]
+    assert outputs == list(range(20))
+    assert sorted(seen) == [(x, f"k{x}") for x in range(20)]
+    assert set(store.records) == {f"k{x}" for x in range(20)}
