@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
+from _support import assert_no_unclosed_streams
 
 BACKENDS: list[Any] = [pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")]
 if importlib.util.find_spec("uvloop") is not None:
@@ -24,6 +25,16 @@ if importlib.util.find_spec("uvloop") is not None:
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """Parametrise every ``pytest.mark.anyio`` test over the backends."""
     return request.param
+
+
+@pytest.fixture
+def no_unclosed_streams() -> Iterator[None]:
+    """After the test, fail if it left a memory stream unclosed (a ResourceWarning).
+
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("no_unclosed_streams")``.
+    """
+    yield
+    assert_no_unclosed_streams()
 
 
 _SET_UP: collections.Counter[str] = collections.Counter()

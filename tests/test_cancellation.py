@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 import anyio
 import pytest
-from _support import HANG_GUARD
-from anyio.lowlevel import checkpoint
-from test_reliability import (
+from _support import (
+    HANG_GUARD,
+    Boom,
     Dial,
     Factory,
     Flapping,
@@ -43,9 +43,11 @@ from test_reliability import (
     Sink,
     assert_balanced,
     assert_no_unclosed_streams,
+    identity,
     live_tasks,
     poll_until,
 )
+from anyio.lowlevel import checkpoint
 
 from flowrhythm import (
     Batch,
@@ -62,18 +64,12 @@ from flowrhythm import (
 )
 from flowrhythm.testing import run_virtual
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_unclosed_streams")]
 
 #: Random instants per backend (the run modes and sizes are drawn per instant).
 INSTANTS = 200
 #: Most items per run; a run takes about one scheduling round per item.
 MAX_ITEMS = 300
-
-
-@pytest.fixture(autouse=True)
-def _no_unclosed_streams() -> Iterator[None]:
-    yield
-    assert_no_unclosed_streams()
 
 
 @pytest.fixture
@@ -86,10 +82,6 @@ def frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-class Boom(Exception):
-    pass
 
 
 # -- the flow under test -----------------------------------------------------------------------
@@ -340,7 +332,7 @@ class OptionsInstant:
         self.flow = flow
 
     def check(self, stats: FlowStats, n: int) -> None:
-        seen = self.sink.items
+        seen = self.sink.seen
         assert seen == sorted(set(seen))  # in input order, none twice
         for batch in self.failed_batches:  # whole batches of consecutive items, each guilty
             assert 1 <= len(batch) <= BATCH_SIZE
@@ -616,10 +608,6 @@ async def test_cancel_while_the_doorman_waits_and_while_it_hands_over() -> None:
         conserved(running.stats(), ["a", "zero"])
 
 
-async def identity(item: Any) -> Any:
-    return item
-
-
 async def test_cancel_while_a_batch_is_half_gathered() -> None:
     seen: list[list[int]] = []
 
@@ -655,7 +643,7 @@ async def test_cancel_while_an_ordered_job_parks_outputs_counts_them_as_abandone
             await anyio.wait_all_tasks_blocked()
             outer.cancel()
             await anyio.sleep_forever()
-    assert sink.items == []
+    assert sink.seen == []
     stats = running.stats()
     assert stats.jobs["o"].in_flight == 3  # all three were abandoned in the ordered job
     conserved(stats, ["o", "sink"])
@@ -697,7 +685,7 @@ async def test_cancelling_one_run_leaves_a_concurrent_run_of_the_same_flow_alone
             all_inside.set()
             await anyio.wait_all_tasks_blocked()
             gate.open()
-    assert sinks[0].items == []
+    assert sinks[0].seen == []
     sinks[1].assert_exactly_once(range(3))
     assert_balanced(results[0])
 

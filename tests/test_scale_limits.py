@@ -11,36 +11,28 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-from anyio.lowlevel import checkpoint
-from test_reliability import (
+from _support import (
     Dial,
     Factory,
     Gate,
     Sink,
     assert_balanced,
-    assert_no_unclosed_streams,
     live_tasks,
     poll_until,
 )
+from anyio.lowlevel import checkpoint
 
 from flowrhythm import Capacity, Flow
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_unclosed_streams")]
 
 WORKERS = 10_000
 #: Seconds: a hang guard for the big runs, far above what they need on a slow machine.
 BIG_GUARD = 90
-
-
-@pytest.fixture(autouse=True)
-def _no_unclosed_streams() -> Iterator[None]:
-    yield
-    assert_no_unclosed_streams()
 
 
 async def hop(item: int) -> int:
