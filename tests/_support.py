@@ -218,6 +218,7 @@ def exact() -> bool:
 # -- capacities ------------------------------------------------------------------------------------
 
 ONE = Capacity(min_workers=1, max_workers=1)
+THREE = Capacity(min_workers=3, max_workers=3)
 NEVER = 3600.0  # seconds: a batch timeout or back-off that never fires within a test
 
 
@@ -287,6 +288,10 @@ async def identity(item: Any) -> Any:
 
 
 async def inc(item: int) -> int:
+    return item + 1
+
+
+def sync_inc(item: int) -> int:
     return item + 1
 
 

@@ -22,7 +22,14 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, leaves, run, wait_until
+from _support import (
+    HANG_GUARD,
+    ONE,
+    Boom,
+    leaves,
+    run,
+    wait_until,
+)
 from trio.testing import MockClock
 
 from flowrhythm import (
@@ -38,8 +45,6 @@ from flowrhythm._options import JobOptions
 
 pytestmark = pytest.mark.anyio
 
-ONE = Capacity(min_workers=1, max_workers=1)
-
 
 def virtual_time() -> pytest.MarkDecorator:
     """Run only on trio with an autojumping MockClock: the test is about time."""
@@ -47,10 +52,6 @@ def virtual_time() -> pytest.MarkDecorator:
         "anyio_backend",
         [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
     )
-
-
-class Boom(Exception):
-    pass
 
 
 class Errors:

@@ -19,10 +19,15 @@ import anyio
 import hypothesis
 import pytest
 import sniffio
-import trio
-from _support import HANG_GUARD, leaves, wait_until
+from _support import (
+    HANG_GUARD,
+    Boom,
+    exact,
+    leaves,
+    timed,
+    wait_until,
+)
 from hypothesis import strategies as st
-from trio.testing import MockClock
 
 from flowrhythm import (
     Capacity,
@@ -40,26 +45,6 @@ from flowrhythm import (
 from flowrhythm.testing import run_virtual
 
 pytestmark = pytest.mark.anyio
-
-
-def timed() -> pytest.MarkDecorator:
-    """Run on asyncio (real clock) and on trio with a fresh autojumping MockClock."""
-    return pytest.mark.parametrize(
-        "anyio_backend",
-        [
-            pytest.param("asyncio", id="asyncio"),
-            pytest.param(
-                ("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock"
-            ),
-        ],
-    )
-
-
-def exact() -> bool:
-    """Whether the current run has a virtual clock, so timing can be asserted exactly."""
-    return sniffio.current_async_library() == "trio" and isinstance(
-        trio.lowlevel.current_clock(), MockClock
-    )
 
 
 class Recorder:
@@ -651,10 +636,6 @@ async def test_zero_worker_job_with_items_left_when_input_ends() -> None:
 
 
 # -- strategies that misbehave ---------------------------------------------------------------
-
-
-class Boom(Exception):
-    pass
 
 
 async def forever() -> AsyncIterator[int]:
