@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import io
 import warnings
 from collections import Counter
@@ -56,7 +57,7 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
             await anyio.wait_all_tasks_blocked()
 
 
-async def poll_until(predicate: Callable[[], bool], guard: float = HANG_GUARD) -> None:
+async def poll_until(predicate: Callable[[], bool], guard: float | None = None) -> None:
     """Yield to the other tasks until ``predicate()`` holds (guarded against hangs).
 
     :func:`wait_until` waits for every task to block, which anyio's asyncio
@@ -64,7 +65,7 @@ async def poll_until(predicate: Callable[[], bool], guard: float = HANG_GUARD) -
     every millisecond always is. Here the condition is simply re-checked after every
     scheduling round.
     """
-    with anyio.fail_after(guard):
+    with anyio.fail_after(HANG_GUARD if guard is None else guard):
         while not predicate():
             await checkpoint()
 
@@ -188,7 +189,38 @@ def cancelled_exception() -> BaseException:
     return asyncio.CancelledError()
 
 
-# -- clocks ----------------------------------------------------------------------------------------
+# -- backends and clocks ----------------------------------------------------------------------------------------
+
+
+#: asyncio in debug mode: it reports where a coroutine never awaited was made, loop calls
+#: from other threads, and callbacks that block the loop. It records a stack for every
+#: callback it schedules, which makes a run about three times slower.
+ASYNCIO_DEBUG: Any = pytest.param(("asyncio", {"debug": True}), id="asyncio-debug")
+
+#: Every backend an async test runs on (the ``anyio_backend`` fixture in ``conftest.py``):
+#: asyncio, trio, asyncio in debug mode, and asyncio on uvloop where it is installed.
+BACKENDS: list[Any] = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param("trio", id="trio"),
+    ASYNCIO_DEBUG,
+]
+if importlib.util.find_spec("uvloop") is not None:
+    BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+
+#: How much longer the hang guard is in asyncio's debug mode (``conftest.py`` applies it).
+DEBUG_GUARD_FACTOR = 3
+
+
+def not_in_debug_mode() -> pytest.MarkDecorator:
+    """Every backend but asyncio's debug mode: for a test of volume.
+
+    A test that pushes thousands of items or workers, or repeats a run at many random
+    instants, takes no path in debug mode that the smaller tests do not take, and costs
+    there about three times as long; it runs on the other backends only.
+    """
+    return pytest.mark.parametrize(
+        "anyio_backend", [backend for backend in BACKENDS if backend is not ASYNCIO_DEBUG]
+    )
 
 
 def mock_trio() -> Any:

@@ -1,24 +1,23 @@
-"""Shared fixtures: every async test runs on asyncio, on trio, and on asyncio+uvloop.
+"""Shared fixtures: every async test runs on asyncio, trio, asyncio in debug mode and uvloop.
 
-uvloop is a third backend when it is installed (the ``tests`` dependency group installs it
+uvloop is a fourth backend when it is installed (the ``tests`` dependency group installs it
 where it builds). The session fails if a backend had tests set up but none of them passed:
 anyio's plugin skips a backend that is missing, and a silently skipped trio run must not
 look green.
+
+asyncio's debug mode runs every async test but the tests of volume (thousands of items or
+workers, many random instants: ``_support.not_in_debug_mode``), with a longer hang guard.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib.util
 from collections.abc import Generator, Iterator
 from typing import Any
 
+import _support
 import pytest
-from _support import assert_no_unclosed_streams
-
-BACKENDS: list[Any] = [pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")]
-if importlib.util.find_spec("uvloop") is not None:
-    BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+from _support import BACKENDS, DEBUG_GUARD_FACTOR, assert_no_unclosed_streams
 
 
 @pytest.fixture(params=BACKENDS)
@@ -37,6 +36,23 @@ def no_unclosed_streams() -> Iterator[None]:
     assert_no_unclosed_streams()
 
 
+@pytest.fixture(autouse=True)
+def _hang_guard_for_the_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In asyncio's debug mode, a longer hang guard (:data:`_support.HANG_GUARD`).
+
+    Test modules import the guard by name, so the module's own name is scaled too.
+    """
+    if _backend_id(request.node) != "asyncio-debug":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        scaled = _support.HANG_GUARD * DEBUG_GUARD_FACTOR
+        patch.setattr(_support, "HANG_GUARD", scaled)
+        if hasattr(request.module, "HANG_GUARD"):
+            patch.setattr(request.module, "HANG_GUARD", scaled)
+        yield
+
+
 _SET_UP: collections.Counter[str] = collections.Counter()
 _PASSED: collections.Counter[str] = collections.Counter()
 
@@ -47,7 +63,9 @@ def _backend_id(item: pytest.Item) -> str | None:
         return None
     backend = callspec.params["anyio_backend"]
     if isinstance(backend, tuple):
-        return "uvloop" if backend[1].get("use_uvloop") else str(backend[0])
+        if backend[1].get("use_uvloop"):
+            return "uvloop"
+        return "asyncio-debug" if backend[1].get("debug") else str(backend[0])
     return str(backend)
 
 

@@ -45,6 +45,7 @@ from _support import (
     assert_no_unclosed_streams,
     identity,
     live_tasks,
+    not_in_debug_mode,
     poll_until,
 )
 from anyio.lowlevel import checkpoint
@@ -254,6 +255,7 @@ async def cancel_one(backend_rng: random.Random) -> tuple[bool, int, int]:
     return not finished, n, twice
 
 
+@not_in_debug_mode()
 async def test_cancel_the_run_at_random_instants(
     anyio_backend: str, frozen_heap: None, record_property: Callable[[str, object], None]
 ) -> None:
@@ -381,6 +383,7 @@ async def cancel_one_with_options(backend_rng: random.Random) -> bool:
     return not finished
 
 
+@not_in_debug_mode()
 async def test_cancel_batched_and_ordered_jobs_at_random_instants(
     anyio_backend: str, frozen_heap: None
 ) -> None:
@@ -694,6 +697,7 @@ async def test_cancelling_one_run_leaves_a_concurrent_run_of_the_same_flow_alone
 
 
 @pytest.mark.parametrize("seed", range(20))
+@not_in_debug_mode()
 async def test_stop_at_a_random_instant_exits_quietly_and_counts_add_up(seed: int) -> None:
     rng = random.Random(seed)
     instant = Instant(rng)

@@ -112,7 +112,9 @@ async def test_an_executor_job_with_a_timeout_keeps_one_call_per_worker() -> Non
 
 
 async def test_a_cancelled_executor_job_waits_for_its_running_call() -> None:
-    calls = InFlight(0.05)
+    # Long enough that the two calls surely overlap, however loaded the machine: the
+    # test waits to see both running at once.
+    calls = InFlight(0.5)
     with ThreadPoolExecutor(4) as pool:
         flow = Flow().add(calls, Capacity(min_workers=2, max_workers=2), executor=pool)
         with anyio.fail_after(HANG_GUARD):

@@ -39,6 +39,7 @@ from _support import (
     identity,
     leaves,
     live_tasks,
+    not_in_debug_mode,
     poll_until,
 )
 from anyio.lowlevel import checkpoint
@@ -266,6 +267,7 @@ async def test_an_item_arriving_as_its_worker_is_retired_is_processed_once(order
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("seed", range(12))
+@not_in_debug_mode()
 async def test_scale_churn_racing_the_end_of_input_delivers_each_item_once(seed: int) -> None:
     rng = random.Random(seed)
     n = 0 if seed == 0 else rng.randrange(1, 400)
@@ -312,6 +314,7 @@ async def test_scale_churn_racing_the_end_of_input_delivers_each_item_once(seed:
 
 
 @pytest.mark.anyio
+@not_in_debug_mode()
 async def test_end_of_input_with_many_workers_reaches_each_job_exactly_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -753,6 +756,7 @@ async def test_a_slow_error_job_with_a_small_queue_applies_backpressure() -> Non
 
 
 @pytest.mark.anyio
+@not_in_debug_mode()
 async def test_a_slow_error_job_fed_by_many_jobs_never_deadlocks() -> None:
     async def fail_odd(item: int) -> int:
         if item % 2:

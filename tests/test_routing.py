@@ -14,6 +14,7 @@ from _support import (
     collect,
     inc,
     live_tasks,
+    not_in_debug_mode,
     run,
 )
 from anyio.lowlevel import checkpoint
@@ -315,6 +316,7 @@ async def test_drain_with_many_workers_per_arm() -> None:
     balanced(stats)
 
 
+@not_in_debug_mode()
 async def test_cancellation_at_random_instants_leaves_no_task_and_no_stream() -> None:
     rng = random.Random(16)
     flow = (

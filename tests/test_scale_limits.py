@@ -22,6 +22,7 @@ from _support import (
     Sink,
     assert_balanced,
     live_tasks,
+    not_in_debug_mode,
     poll_until,
 )
 from anyio.lowlevel import checkpoint
@@ -40,6 +41,7 @@ async def hop(item: int) -> int:
     return item
 
 
+@not_in_debug_mode()
 async def test_ten_thousand_workers_start_run_and_tear_down() -> None:
     factory = Factory(hop)
     sink = Sink()
@@ -59,6 +61,7 @@ async def test_ten_thousand_workers_start_run_and_tear_down() -> None:
     assert stats.jobs["wide"].workers == 0
 
 
+@not_in_debug_mode()
 async def test_ten_thousand_idle_workers_are_stopped() -> None:
     factory = Factory(hop)
     flow = Flow().add(
@@ -73,6 +76,7 @@ async def test_ten_thousand_idle_workers_are_stopped() -> None:
     assert factory.enters == factory.exits == WORKERS
 
 
+@not_in_debug_mode()
 async def test_one_job_scales_to_ten_thousand_workers_and_back() -> None:
     dial = Dial(1)
     gate = Gate()
@@ -138,6 +142,7 @@ async def peak_blocks(items: int) -> int:
     return peak - start
 
 
+@not_in_debug_mode()
 async def test_memory_stays_flat_as_the_item_count_grows() -> None:
     """Ten times the items must not take anywhere near ten times the memory.
 

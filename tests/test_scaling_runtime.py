@@ -24,6 +24,7 @@ from _support import (
     Boom,
     exact,
     leaves,
+    not_in_debug_mode,
     timed,
     wait_until,
 )
@@ -783,6 +784,7 @@ class Oscillate:
         return (sample.max_workers if self.up else sample.min_workers), "oscillate"
 
 
+@not_in_debug_mode()
 async def test_scale_down_never_loses_or_duplicates_items() -> None:
     rng = random.Random(11)
     opened = closed = 0
