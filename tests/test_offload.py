@@ -560,9 +560,11 @@ def test_a_not_callable_processor_with_an_executor_is_a_type_error() -> None:
 def dask_client() -> Iterator[Any]:
     """A real two-process Dask cluster on this machine, for the module."""
     distributed = pytest.importorskip("distributed")
+    # The scheduler always starts an HTTP server; port 0 takes any free port (without it,
+    # the fixed default collides with another cluster on this machine, and warns).
     with (
         distributed.LocalCluster(
-            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
