@@ -211,6 +211,16 @@ if importlib.util.find_spec("uvloop") is not None:
 DEBUG_GUARD_FACTOR = 3
 
 
+def backend_id(anyio_backend: Any) -> str:
+    """A backend's id in :data:`BACKENDS`: ``asyncio``, ``trio``, ``asyncio-debug`` or ``uvloop``."""
+    if isinstance(anyio_backend, tuple):
+        name, options = anyio_backend
+        if options.get("use_uvloop"):
+            return "uvloop"
+        return "asyncio-debug" if options.get("debug") else str(name)
+    return str(anyio_backend)
+
+
 def not_in_debug_mode() -> pytest.MarkDecorator:
     """Every backend but asyncio's debug mode: for a test of volume.
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import _support
 import pytest
-from _support import BACKENDS, DEBUG_GUARD_FACTOR, assert_no_unclosed_streams
+from _support import BACKENDS, DEBUG_GUARD_FACTOR, assert_no_unclosed_streams, backend_id
 
 
 @pytest.fixture(params=BACKENDS)
@@ -61,12 +61,7 @@ def _backend_id(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None or "anyio_backend" not in callspec.params:
         return None
-    backend = callspec.params["anyio_backend"]
-    if isinstance(backend, tuple):
-        if backend[1].get("use_uvloop"):
-            return "uvloop"
-        return "asyncio-debug" if backend[1].get("debug") else str(backend[0])
-    return str(backend)
+    return backend_id(callspec.params["anyio_backend"])
 
 
 @pytest.hookimpl(wrapper=True)
