@@ -31,7 +31,7 @@ from _support import (
 )
 from anyio.lowlevel import checkpoint
 
-import flowrhythm._ordered
+import flowrhythm._run._ordered
 from flowrhythm import (
     Capacity,
     ErrorItem,
@@ -68,14 +68,14 @@ class _WatchedParking(dict[int, Any]):
 def parked(monkeypatch: pytest.MonkeyPatch) -> list[_WatchedParking]:
     """The parked outputs of every reorder window made while the test runs."""
     windows: list[_WatchedParking] = []
-    original_init = flowrhythm._ordered.Reorder.__init__
+    original_init = flowrhythm._run._ordered.Reorder.__init__
 
-    def watched_init(self: flowrhythm._ordered.Reorder, *args: Any) -> None:
+    def watched_init(self: flowrhythm._run._ordered.Reorder, *args: Any) -> None:
         original_init(self, *args)
         self.parked = _WatchedParking()
         windows.append(self.parked)
 
-    monkeypatch.setattr(flowrhythm._ordered.Reorder, "__init__", watched_init)
+    monkeypatch.setattr(flowrhythm._run._ordered.Reorder, "__init__", watched_init)
     return windows
 
 
@@ -395,14 +395,14 @@ async def test_ordered_window_never_parks_more_than_it_holds(
 ) -> None:
     """Slow items among fast ones: finished outputs wait, never more than 2 x max_workers."""
     buffers: list[_WatchedParking] = []
-    original_init = flowrhythm._ordered.Reorder.__init__
+    original_init = flowrhythm._run._ordered.Reorder.__init__
 
-    def watched_init(self: flowrhythm._ordered.Reorder, *args: Any) -> None:
+    def watched_init(self: flowrhythm._run._ordered.Reorder, *args: Any) -> None:
         original_init(self, *args)
         self.parked = _WatchedParking()
         buffers.append(self.parked)
 
-    monkeypatch.setattr(flowrhythm._ordered.Reorder, "__init__", watched_init)
+    monkeypatch.setattr(flowrhythm._run._ordered.Reorder, "__init__", watched_init)
     rng = random.Random(11)
     sink = Sink()
 

@@ -1,8 +1,12 @@
-"""How the code is laid out: which module may import which.
+"""How the tests are laid out: no test module imports another.
+
+(The package's own layout -- which of its modules may import the run machinery -- is
+checked in ``test_layout.py``.)
 
 Shared test helpers live in ``tests/_support.py`` (and, for what runs in worker
-processes, ``tests/offload_helpers.py``): a test module importing another test module
-would run that module's fixtures and marks in the wrong place, and hides helpers.
+processes, ``tests/offload_helpers.py``). A test module that imports another hides
+where its helpers live and ties the two together (moving or splitting one breaks the
+other; a fixture imported with a helper silently applies in both).
 """
 
 from __future__ import annotations
@@ -71,8 +75,3 @@ def test_no_test_module_imports_another_test_module() -> None:
 def test_the_helper_modules_import_no_test_module() -> None:
     for path in [TESTS / "_support.py", TESTS / "offload_helpers.py", TESTS / "conftest.py"]:
         assert not [name for name in imported_modules(path) if is_test_module(name)], path.name
-
-
-# -- the package ----------------------------------------------------------------------------------
-# The package's own layout is checked here too: which of its modules may import the run
-# machinery (``flowrhythm._run``).
