@@ -182,13 +182,6 @@ def assert_balanced(stats: FlowStats) -> None:
         assert job.received == job.completed + job.skipped + job.errored, (name, job)
 
 
-def cancelled_exception() -> BaseException:
-    """A fresh instance of the current backend's cancellation exception."""
-    if sniffio.current_async_library() == "trio":
-        return trio.Cancelled._create()
-    return asyncio.CancelledError()
-
-
 # -- backends and clocks ----------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ with :func:`assert_no_unclosed_streams`, and pytest runs with ``filterwarnings =
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import random
@@ -22,6 +23,8 @@ from typing import Any
 
 import anyio
 import pytest
+import sniffio
+import trio
 from _support import (
     HANG_GUARD,
     ROOT,
@@ -34,7 +37,6 @@ from _support import (
     Sink,
     assert_balanced,
     assert_no_unclosed_streams,
-    cancelled_exception,
     feed,
     identity,
     leaves,
@@ -61,6 +63,13 @@ pytestmark = pytest.mark.usefixtures("no_unclosed_streams")
 
 class Other(Exception):
     pass
+
+
+def cancelled_exception() -> BaseException:
+    """A fresh instance of the current backend's cancellation exception."""
+    if sniffio.current_async_library() == "trio":
+        return trio.Cancelled._create()
+    return asyncio.CancelledError()
 
 
 # -- filterwarnings = error really catches a leaked stream ------------------------------------
