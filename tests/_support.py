@@ -226,6 +226,10 @@ def not_in_debug_mode() -> pytest.MarkDecorator:
     )
 
 
+#: The backends ``flowrhythm.testing.run_virtual`` runs a test on, in virtual time.
+VIRTUAL_BACKENDS = ["asyncio", "trio"]
+
+
 def mock_trio() -> Any:
     """The trio backend with a fresh autojumping ``MockClock`` (sleeps return at once)."""
     return pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")
