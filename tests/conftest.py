@@ -1,29 +1,56 @@
-"""Shared fixtures: every async test runs on asyncio, on trio, and on asyncio+uvloop.
+"""Shared fixtures: every async test runs on asyncio, trio, asyncio in debug mode and uvloop.
 
-uvloop is a third backend when it is installed (the ``tests`` dependency group installs it
+uvloop is a fourth backend when it is installed (the ``tests`` dependency group installs it
 where it builds). The session fails if a backend had tests set up but none of them passed:
 anyio's plugin skips a backend that is missing, and a silently skipped trio run must not
 look green.
+
+asyncio's debug mode runs every async test but the tests of volume (thousands of items or
+workers, many random instants: ``_support.not_in_debug_mode``), with a longer hang guard.
 """
 
 from __future__ import annotations
 
 import collections
-import importlib.util
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
+import _support
 import pytest
-
-BACKENDS: list[Any] = [pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")]
-if importlib.util.find_spec("uvloop") is not None:
-    BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+from _support import BACKENDS, DEBUG_GUARD_FACTOR, assert_no_unclosed_streams, backend_id
 
 
 @pytest.fixture(params=BACKENDS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """Parametrise every ``pytest.mark.anyio`` test over the backends."""
     return request.param
+
+
+@pytest.fixture
+def no_unclosed_streams() -> Iterator[None]:
+    """After the test, fail if it left a memory stream unclosed (a ResourceWarning).
+
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("no_unclosed_streams")``.
+    """
+    yield
+    assert_no_unclosed_streams()
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard_for_the_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In asyncio's debug mode, a longer hang guard (:data:`_support.HANG_GUARD`).
+
+    Test modules import the guard by name, so the module's own name is scaled too.
+    """
+    if _backend_id(request.node) != "asyncio-debug":
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        scaled = _support.HANG_GUARD * DEBUG_GUARD_FACTOR
+        patch.setattr(_support, "HANG_GUARD", scaled)
+        if hasattr(request.module, "HANG_GUARD"):
+            patch.setattr(request.module, "HANG_GUARD", scaled)
+        yield
 
 
 _SET_UP: collections.Counter[str] = collections.Counter()
@@ -34,10 +61,7 @@ def _backend_id(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     if callspec is None or "anyio_backend" not in callspec.params:
         return None
-    backend = callspec.params["anyio_backend"]
-    if isinstance(backend, tuple):
-        return "uvloop" if backend[1].get("use_uvloop") else str(backend[0])
-    return str(backend)
+    return backend_id(callspec.params["anyio_backend"])
 
 
 @pytest.hookimpl(wrapper=True)

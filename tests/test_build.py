@@ -10,7 +10,17 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, leaves, run, wait_until
+from _support import (
+    HANG_GUARD,
+    ONE,
+    THREE,
+    collect,
+    inc,
+    leaves,
+    run,
+    sync_inc,
+    wait_until,
+)
 
 from flowrhythm import (
     Capacity,
@@ -25,12 +35,7 @@ from flowrhythm import (
 
 pytestmark = pytest.mark.anyio
 
-ONE = Capacity(min_workers=1, max_workers=1)
 FOUR = Capacity(min_workers=4, max_workers=4)
-
-
-async def inc(item: int) -> int:
-    return item + 1
 
 
 async def double(item: int) -> int:
@@ -334,10 +339,6 @@ async def test_error_job_takes_a_capacity() -> None:
 # -- what is not a processor ---------------------------------------------------------------
 
 
-def sync_inc(item: int) -> int:
-    return item + 1
-
-
 class SyncCallable:
     def __call__(self, item: int) -> int:
         return item
@@ -491,9 +492,6 @@ class Sessions:
             await anyio.lowlevel.checkpoint()
             closed = True
             self.exited += 1
-
-
-THREE = Capacity(min_workers=3, max_workers=3)
 
 
 async def sleep_forever(item: int) -> int:

@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 import anyio
 import pytest
-from _support import HANG_GUARD
-from anyio.lowlevel import checkpoint
-from test_reliability import (
+from _support import (
+    HANG_GUARD,
+    Boom,
     Dial,
     Factory,
     Flapping,
@@ -43,9 +43,12 @@ from test_reliability import (
     Sink,
     assert_balanced,
     assert_no_unclosed_streams,
+    identity,
     live_tasks,
+    not_in_debug_mode,
     poll_until,
 )
+from anyio.lowlevel import checkpoint
 
 from flowrhythm import (
     Batch,
@@ -62,18 +65,12 @@ from flowrhythm import (
 )
 from flowrhythm.testing import run_virtual
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_unclosed_streams")]
 
 #: Random instants per backend (the run modes and sizes are drawn per instant).
 INSTANTS = 200
 #: Most items per run; a run takes about one scheduling round per item.
 MAX_ITEMS = 300
-
-
-@pytest.fixture(autouse=True)
-def _no_unclosed_streams() -> Iterator[None]:
-    yield
-    assert_no_unclosed_streams()
 
 
 @pytest.fixture
@@ -86,10 +83,6 @@ def frozen_heap() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-class Boom(Exception):
-    pass
 
 
 # -- the flow under test -----------------------------------------------------------------------
@@ -262,6 +255,7 @@ async def cancel_one(backend_rng: random.Random) -> tuple[bool, int, int]:
     return not finished, n, twice
 
 
+@not_in_debug_mode()
 async def test_cancel_the_run_at_random_instants(
     anyio_backend: str, frozen_heap: None, record_property: Callable[[str, object], None]
 ) -> None:
@@ -340,7 +334,7 @@ class OptionsInstant:
         self.flow = flow
 
     def check(self, stats: FlowStats, n: int) -> None:
-        seen = self.sink.items
+        seen = self.sink.seen
         assert seen == sorted(set(seen))  # in input order, none twice
         for batch in self.failed_batches:  # whole batches of consecutive items, each guilty
             assert 1 <= len(batch) <= BATCH_SIZE
@@ -389,6 +383,7 @@ async def cancel_one_with_options(backend_rng: random.Random) -> bool:
     return not finished
 
 
+@not_in_debug_mode()
 async def test_cancel_batched_and_ordered_jobs_at_random_instants(
     anyio_backend: str, frozen_heap: None
 ) -> None:
@@ -616,10 +611,6 @@ async def test_cancel_while_the_doorman_waits_and_while_it_hands_over() -> None:
         conserved(running.stats(), ["a", "zero"])
 
 
-async def identity(item: Any) -> Any:
-    return item
-
-
 async def test_cancel_while_a_batch_is_half_gathered() -> None:
     seen: list[list[int]] = []
 
@@ -655,7 +646,7 @@ async def test_cancel_while_an_ordered_job_parks_outputs_counts_them_as_abandone
             await anyio.wait_all_tasks_blocked()
             outer.cancel()
             await anyio.sleep_forever()
-    assert sink.items == []
+    assert sink.seen == []
     stats = running.stats()
     assert stats.jobs["o"].in_flight == 3  # all three were abandoned in the ordered job
     conserved(stats, ["o", "sink"])
@@ -697,7 +688,7 @@ async def test_cancelling_one_run_leaves_a_concurrent_run_of_the_same_flow_alone
             all_inside.set()
             await anyio.wait_all_tasks_blocked()
             gate.open()
-    assert sinks[0].items == []
+    assert sinks[0].seen == []
     sinks[1].assert_exactly_once(range(3))
     assert_balanced(results[0])
 
@@ -706,6 +697,7 @@ async def test_cancelling_one_run_leaves_a_concurrent_run_of_the_same_flow_alone
 
 
 @pytest.mark.parametrize("seed", range(20))
+@not_in_debug_mode()
 async def test_stop_at_a_random_instant_exits_quietly_and_counts_add_up(seed: int) -> None:
     rng = random.Random(seed)
     instant = Instant(rng)

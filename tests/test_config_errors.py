@@ -18,6 +18,9 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import (
+    identity,
+)
 
 from flowrhythm import (
     Batch,
@@ -352,10 +355,6 @@ def test_invalid_batch(kwargs: dict[str, Any], error: type[Exception], field: st
 
 
 # -- Flow.add / add_job / add_job_with_lock / add_error_job options ----------------------------
-
-
-async def identity(item: Any) -> Any:
-    return item
 
 
 def sync_identity(item: Any) -> Any:

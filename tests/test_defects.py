@@ -22,7 +22,14 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, leaves, run, wait_until
+from _support import (
+    HANG_GUARD,
+    ONE,
+    Boom,
+    leaves,
+    run,
+    wait_until,
+)
 from trio.testing import MockClock
 
 from flowrhythm import (
@@ -38,8 +45,6 @@ from flowrhythm._options import JobOptions
 
 pytestmark = pytest.mark.anyio
 
-ONE = Capacity(min_workers=1, max_workers=1)
-
 
 def virtual_time() -> pytest.MarkDecorator:
     """Run only on trio with an autojumping MockClock: the test is about time."""
@@ -47,10 +52,6 @@ def virtual_time() -> pytest.MarkDecorator:
         "anyio_backend",
         [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock")],
     )
-
-
-class Boom(Exception):
-    pass
 
 
 class Errors:
@@ -111,7 +112,9 @@ async def test_an_executor_job_with_a_timeout_keeps_one_call_per_worker() -> Non
 
 
 async def test_a_cancelled_executor_job_waits_for_its_running_call() -> None:
-    calls = InFlight(0.05)
+    # Long enough that the two calls surely overlap, however loaded the machine: the
+    # test waits to see both running at once.
+    calls = InFlight(0.5)
     with ThreadPoolExecutor(4) as pool:
         flow = Flow().add(calls, Capacity(min_workers=2, max_workers=2), executor=pool)
         with anyio.fail_after(HANG_GUARD):

@@ -10,16 +10,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _support import HANG_GUARD
-from rich.console import Console
+from _support import (
+    HANG_GUARD,
+    not_a_terminal,
+)
 
 from flowrhythm.__main__ import main
 from flowrhythm._demo import FLOOR, Crawl, FetchError, rate_at, run_demo, url_of
-
-
-def not_a_terminal(out: io.StringIO) -> Console:
-    """A console on ``out`` that is no terminal, whatever FORCE_COLOR and the like say."""
-    return Console(file=out, width=200, force_terminal=False)
 
 
 def no_tty_env() -> dict[str, str]:

@@ -25,10 +25,12 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import (
+    ROOT,
+)
 
 import flowrhythm
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^```python\n(.*?)^```\n", re.DOTALL | re.MULTILINE)

@@ -8,31 +8,21 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, run, wait_until
+from _support import (
+    HANG_GUARD,
+    Sink,
+    assert_balanced,
+    collect,
+    inc,
+    run,
+    wait_until,
+)
 
-from flowrhythm import Capacity, Flow, FlowStats, LastWorkItem
+from flowrhythm import Capacity, Flow, LastWorkItem
 
 pytestmark = pytest.mark.anyio
 
 ONE = Capacity(min_workers=1, max_workers=1, queue_length=0)
-
-
-async def inc(item: int) -> int:
-    return item + 1
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-
-    async def __call__(self, item: Any) -> Any:
-        self.seen.append(item)
-        return item
-
-
-def assert_balanced(stats: FlowStats) -> None:
-    for name, job in stats.jobs.items():
-        assert job.received == job.completed + job.skipped + job.errored, name
 
 
 def no_last_work_item(outputs: list[Any]) -> bool:

@@ -9,26 +9,25 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, run, wait_until
+from _support import (
+    HANG_GUARD,
+    ONE,
+    THREE,
+    Boom,
+    assert_balanced,
+    collect,
+    inc,
+    run,
+    wait_until,
+)
 
-from flowrhythm import Capacity, ErrorItem, Flow, FlowStats, RouteToErrorQueue, StopProcessing
+from flowrhythm import Capacity, ErrorItem, Flow, RouteToErrorQueue, StopProcessing
 
 pytestmark = pytest.mark.anyio
-
-ONE = Capacity(min_workers=1, max_workers=1)
-THREE = Capacity(min_workers=3, max_workers=3)
-
-
-class Boom(Exception):
-    pass
 
 
 class Abort(BaseException):
     """Stands for KeyboardInterrupt / SystemExit without endangering the test run."""
-
-
-async def inc(item: int) -> int:
-    return item + 1
 
 
 class ErrorLog:
@@ -40,11 +39,6 @@ class ErrorLog:
     async def __call__(self, error: ErrorItem) -> str:
         self.errors.append(error)
         return "discarded"
-
-
-def assert_balanced(stats: FlowStats) -> None:
-    for name, job in stats.jobs.items():
-        assert job.received == job.completed + job.skipped + job.errored, name
 
 
 def raises_inside_group(exc: BaseException) -> pytest.RaisesGroup[Any]:

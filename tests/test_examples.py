@@ -15,8 +15,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _support import (
+    ROOT,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 QUICKSTART = EXAMPLES / "quickstart.py"
 

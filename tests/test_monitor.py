@@ -8,10 +8,18 @@ import sys
 
 import anyio
 import pytest
-from _support import HANG_GUARD, leaves, running_tasks, wait_until
+from _support import (
+    HANG_GUARD,
+    inc,
+    leaves,
+    not_a_terminal,
+    running_tasks,
+    swallow,
+    wait_until,
+)
 from rich.console import Console
 
-from flowrhythm import Capacity, ErrorItem, Flow, FlowStats, JobStats, RunningFlow
+from flowrhythm import Capacity, Flow, FlowStats, JobStats, RunningFlow
 from flowrhythm._monitor import (
     LiveDisplay,
     PlainDisplay,
@@ -26,18 +34,10 @@ from flowrhythm._monitor import (
 pytestmark = pytest.mark.anyio
 
 
-async def inc(item: int) -> int:
-    return item + 1
-
-
 async def fail_on_three(item: int) -> int:
     if item == 3:
         raise ValueError(item)
     return item
-
-
-async def swallow(error: ErrorItem) -> None:
-    pass
 
 
 def small_flow() -> Flow:
@@ -92,11 +92,6 @@ def flow_stats(elapsed: float = 1.0, **changes: object) -> FlowStats:
         elapsed=elapsed,
         done=False,
     )
-
-
-def not_a_terminal(out: io.StringIO) -> Console:
-    """A console on ``out`` that is no terminal, whatever FORCE_COLOR and the like say."""
-    return Console(file=out, width=200, force_terminal=False)
 
 
 def terminal() -> Console:

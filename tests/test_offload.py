@@ -22,7 +22,15 @@ from typing import Any, Literal, TypeAlias
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, leaves, run, wait_until
+from _support import (
+    HANG_GUARD,
+    collect,
+    fixed,
+    leaves,
+    run,
+    sync_inc,
+    wait_until,
+)
 from offload_helpers import (
     GATE_GUARD,
     InFlight,
@@ -39,7 +47,7 @@ from offload_helpers import (
     where,
 )
 
-from flowrhythm import Capacity, ErrorItem, Flow, FlowStats, UtilizationCapacity
+from flowrhythm import ErrorItem, Flow, FlowStats, UtilizationCapacity
 
 pytestmark = pytest.mark.anyio
 
@@ -48,10 +56,6 @@ Offload: TypeAlias = Literal["thread", "process"] | Executor
 #: Every kind of ``executor=`` that runs on this machine (Dask has its own tests below).
 KINDS = ["thread", "process", "thread-pool", "process-pool"]
 IN_THREADS = {"thread", "thread-pool"}
-
-
-def fixed(workers: int) -> Capacity:
-    return Capacity(min_workers=workers, max_workers=workers)
 
 
 class Errors:
@@ -448,10 +452,6 @@ async def test_an_unpicklable_result_from_a_process_is_an_error(executor: Offloa
 # -- validation at add time ------------------------------------------------------------------
 
 
-def sync_inc(item: int) -> int:
-    return item + 1
-
-
 async def async_inc(item: int) -> int:
     return item + 1
 
@@ -560,9 +560,11 @@ def test_a_not_callable_processor_with_an_executor_is_a_type_error() -> None:
 def dask_client() -> Iterator[Any]:
     """A real two-process Dask cluster on this machine, for the module."""
     distributed = pytest.importorskip("distributed")
+    # The scheduler always starts an HTTP server; port 0 takes any free port (without it,
+    # the fixed default collides with another cluster on this machine, and warns).
     with (
         distributed.LocalCluster(
-            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -9,11 +9,15 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
-from _support import HANG_GUARD, wait_until
+from _support import (
+    HANG_GUARD,
+    swallow,
+    wait_until,
+)
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowrhythm import Capacity, ErrorItem, Flow, Retry, StopProcessing
+from flowrhythm import Capacity, Flow, Retry, StopProcessing
 from flowrhythm.prometheus import FlowCollector
 
 pytestmark = pytest.mark.anyio
@@ -77,10 +81,6 @@ class Flaky:
         if item == 4:
             raise StopProcessing
         return item
-
-
-async def swallow(error: ErrorItem) -> None:
-    pass
 
 
 async def test_scrape_over_http_during_and_after_a_run(

@@ -8,7 +8,10 @@ from collections import Counter
 import anyio
 import attrs
 import pytest
-from _support import HANG_GUARD
+from _support import (
+    HANG_GUARD,
+    Boom,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,10 +25,6 @@ from flowrhythm import (
 )
 
 PASS, SKIP, FAIL, ROUTE = "pass", "skip", "fail", "route"
-
-
-class Boom(Exception):
-    pass
 
 
 @attrs.frozen

@@ -17,9 +17,7 @@ import random
 import subprocess
 import sys
 import textwrap
-import warnings
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,25 @@ import anyio
 import pytest
 import sniffio
 import trio
-from _support import HANG_GUARD, leaves
+from _support import (
+    HANG_GUARD,
+    ROOT,
+    Boom,
+    Dial,
+    ErrorLog,
+    Factory,
+    Flapping,
+    Gate,
+    Sink,
+    assert_balanced,
+    assert_no_unclosed_streams,
+    feed,
+    identity,
+    leaves,
+    live_tasks,
+    not_in_debug_mode,
+    poll_until,
+)
 from anyio.lowlevel import checkpoint
 
 import flowrhythm._run._job
@@ -35,7 +51,6 @@ from flowrhythm import (
     Capacity,
     ErrorItem,
     Flow,
-    FlowStats,
     ProcessorFactory,
     RunningFlow,
     ScalingSample,
@@ -43,67 +58,11 @@ from flowrhythm import (
     UtilizationStrategy,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class Boom(Exception):
-    pass
+pytestmark = pytest.mark.usefixtures("no_unclosed_streams")
 
 
 class Other(Exception):
     pass
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def assert_no_unclosed_streams() -> None:
-    """Collect garbage and fail on any ResourceWarning (an unclosed memory stream)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gc.collect()
-    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaked, leaked
-
-
-@pytest.fixture(autouse=True)
-def _no_unclosed_streams() -> Iterator[None]:
-    yield
-    assert_no_unclosed_streams()
-
-
-def live_tasks() -> set[object]:
-    """Every unfinished task of the running event loop (trio: walked from the root task)."""
-    if sniffio.current_async_library() == "asyncio":
-        return set(asyncio.all_tasks())
-    found: set[object] = set()
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    stack = [root]
-    while stack:
-        task = stack.pop()
-        found.add(task)
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return found
-
-
-async def poll_until(predicate: Callable[[], bool], guard: float = HANG_GUARD) -> None:
-    """Yield to the other tasks until ``predicate()`` holds (guarded against hangs).
-
-    :func:`_support.wait_until` waits for every task to block, which anyio's asyncio
-    backend checks by sleeping 0.1 s whenever one is runnable -- and a scaler ticking
-    every millisecond always is. Here the condition is simply re-checked after every
-    scheduling round.
-    """
-    with anyio.fail_after(guard):
-        while not predicate():
-            await checkpoint()
-
-
-def assert_balanced(stats: FlowStats) -> None:
-    for name, job in stats.jobs.items():
-        assert job.received == job.completed + job.skipped + job.errored, (name, job)
 
 
 def cancelled_exception() -> BaseException:
@@ -111,118 +70,6 @@ def cancelled_exception() -> BaseException:
     if sniffio.current_async_library() == "trio":
         return trio.Cancelled._create()
     return asyncio.CancelledError()
-
-
-class Gate:
-    """A processor that holds every item until the test releases it.
-
-    ``inside`` maps each item being processed to the event that releases it, so the
-    test knows exactly which items are in flight in this job.
-    """
-
-    def __init__(self, action: Callable[[Any], Any] = lambda item: item) -> None:
-        self.inside: dict[Any, anyio.Event] = {}
-        self.opened = False
-        self.action = action
-        self.entered = 0
-
-    async def __call__(self, item: Any) -> Any:
-        self.entered += 1
-        if not self.opened:
-            event = self.inside[item] = anyio.Event()
-            try:
-                await event.wait()
-            finally:
-                del self.inside[item]
-        return self.action(item)
-
-    def release(self, item: Any) -> None:
-        self.inside[item].set()
-
-    def open(self) -> None:
-        """Release every held item, and let every later one through."""
-        self.opened = True
-        for event in self.inside.values():
-            event.set()
-
-
-class Sink:
-    """The last job: records every item it receives (exactly-once checks)."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    async def __call__(self, item: Any) -> None:
-        self.items.append(item)
-
-    def assert_exactly_once(self, expected: Any) -> None:
-        counts = Counter(self.items)
-        assert sorted(counts) == sorted(expected)
-        assert [item for item, n in counts.items() if n != 1] == []
-
-
-class Dial:
-    """A scaling strategy the test turns: ``decide`` returns ``target``, and counts ticks."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.ticks = 0
-        self.samples: list[ScalingSample] = []
-        self._tick: anyio.Event | None = None
-
-    def decide(self, sample: ScalingSample) -> int:
-        self.ticks += 1
-        self.samples.append(sample)
-        if self._tick is not None:
-            self._tick.set()
-            self._tick = None
-        return self.target
-
-    async def ticked(self, n: int = 2) -> None:
-        """Wait for ``n`` more decisions: the first one after a change is then applied."""
-        with anyio.fail_after(HANG_GUARD):
-            for _ in range(n):
-                self._tick = event = anyio.Event()
-                await event.wait()
-
-    def strategy(self) -> Dial:
-        """The strategy factory of a capacity: every run of the flow gets this dial."""
-        return self
-
-    def capacity(self, **fields: Any) -> UtilizationCapacity:
-        return UtilizationCapacity(sampling=0.001, strategy=self.strategy, **fields)
-
-
-class Factory:
-    """A ProcessorFactory that counts its contexts and what each exit saw."""
-
-    def __init__(self, processor: Callable[[Any], Any]) -> None:
-        self.processor = processor
-        self.enters = 0
-        self.exits = 0
-        self.exit_exceptions: list[BaseException] = []
-
-    @contextlib.asynccontextmanager
-    async def _make(self) -> AsyncIterator[Callable[[Any], Any]]:
-        self.enters += 1
-        try:
-            yield self.processor
-        except BaseException as exc:
-            self.exit_exceptions.append(exc)
-            raise
-        finally:
-            self.exits += 1
-
-    @property
-    def factory(self) -> ProcessorFactory:
-        return ProcessorFactory(self._make)
-
-
-async def feed(running: RunningFlow, items: Any, close: bool = True) -> None:
-    for item in items:
-        await running.send(item)
-    if close:
-        await running.close()
 
 
 # -- filterwarnings = error really catches a leaked stream ------------------------------------
@@ -416,34 +263,20 @@ async def test_an_item_arriving_as_its_worker_is_retired_is_processed_once(order
     flow.add(sink, name="sink")
     async with flow.start() as running:
         strategy.running = running
-        await poll_until(lambda: strategy.sent == 20 and len(sink.items) == 20)
+        await poll_until(lambda: strategy.sent == 20 and len(sink.seen) == 20)
         await running.close()
         stats = await running.join()
     sink.assert_exactly_once(range(20))
     if ordered:
-        assert sink.items == list(range(20))
+        assert sink.seen == list(range(20))
     assert stats.jobs["job"].received == 20
     assert_balanced(stats)
     assert factory.enters == factory.exits
 
 
-async def identity(item: Any) -> Any:
-    return item
-
-
-class Flapping:
-    """Every tick, the other extreme: max_workers, then min_workers, then max..."""
-
-    def __init__(self) -> None:
-        self.ticks = 0
-
-    def decide(self, sample: ScalingSample) -> int:
-        self.ticks += 1
-        return sample.max_workers if self.ticks % 2 else sample.min_workers
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("seed", range(12))
+@not_in_debug_mode()
 async def test_scale_churn_racing_the_end_of_input_delivers_each_item_once(seed: int) -> None:
     rng = random.Random(seed)
     n = 0 if seed == 0 else rng.randrange(1, 400)
@@ -490,6 +323,7 @@ async def test_scale_churn_racing_the_end_of_input_delivers_each_item_once(seed:
 
 
 @pytest.mark.anyio
+@not_in_debug_mode()
 async def test_end_of_input_with_many_workers_reaches_each_job_exactly_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -544,14 +378,6 @@ async def test_end_of_input_with_many_workers_reaches_each_job_exactly_once(
 
 
 # -- a processor raising -----------------------------------------------------------------------
-
-
-class ErrorLog:
-    def __init__(self) -> None:
-        self.errors: list[ErrorItem] = []
-
-    async def __call__(self, error: ErrorItem) -> None:
-        self.errors.append(error)
 
 
 @pytest.mark.anyio
@@ -939,6 +765,7 @@ async def test_a_slow_error_job_with_a_small_queue_applies_backpressure() -> Non
 
 
 @pytest.mark.anyio
+@not_in_debug_mode()
 async def test_a_slow_error_job_fed_by_many_jobs_never_deadlocks() -> None:
     async def fail_odd(item: int) -> int:
         if item % 2:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, run
+from _support import (
+    HANG_GUARD,
+    assert_no_unclosed_streams,
+    collect,
+    inc,
+    live_tasks,
+    not_in_debug_mode,
+    run,
+)
 from anyio.lowlevel import checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_reliability import assert_no_unclosed_streams, live_tasks
 
 from flowrhythm import (
     Adaptive,
@@ -27,13 +33,7 @@ from flowrhythm import (
 )
 from flowrhythm.testing import run_virtual
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _no_unclosed_streams() -> Iterator[None]:
-    yield
-    assert_no_unclosed_streams()
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_unclosed_streams")]
 
 
 def balanced(stats: FlowStats) -> None:
@@ -48,10 +48,6 @@ async def double(x: int) -> int:
 
 async def negate(x: int) -> int:
     return -x
-
-
-async def inc(x: int) -> int:
-    return x + 1
 
 
 def parity(x: int) -> str:
@@ -320,6 +316,7 @@ async def test_drain_with_many_workers_per_arm() -> None:
     balanced(stats)
 
 
+@not_in_debug_mode()
 async def test_cancellation_at_random_instants_leaves_no_task_and_no_stream() -> None:
     rng = random.Random(16)
     flow = (

@@ -9,18 +9,23 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, leaves, run, running_tasks, wait_until
+from _support import (
+    HANG_GUARD,
+    ONE,
+    Sink,
+    collect,
+    inc,
+    leaves,
+    run,
+    running_tasks,
+    wait_until,
+)
 
 from flowrhythm import Capacity, ErrorItem, Flow, FlowStats, LastWorkItem, RunningFlow
 
 pytestmark = pytest.mark.anyio
 
-ONE = Capacity(min_workers=1, max_workers=1)
 MANY = Capacity(min_workers=4, max_workers=4, queue_length=1)
-
-
-async def inc(item: int) -> int:
-    return item + 1
 
 
 async def double(item: int) -> int:
@@ -48,17 +53,6 @@ SOURCES = [
     pytest.param(from_generator, id="generator"),
     pytest.param(from_async_generator, id="async-generator"),
 ]
-
-
-class Sink:
-    """A last job that records what reaches it."""
-
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-
-    async def __call__(self, item: Any) -> Any:
-        self.seen.append(item)
-        return item
 
 
 def pipeline(capacity: Capacity = ONE, sink: Sink | None = None) -> Flow:

@@ -7,15 +7,16 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, leaves, wait_until
+from _support import (
+    HANG_GUARD,
+    identity,
+    leaves,
+    wait_until,
+)
 
 from flowrhythm import Capacity, Flow, FlowStats, RunningFlow
 
 pytestmark = pytest.mark.anyio
-
-
-async def identity(item: Any) -> Any:
-    return item
 
 
 # -- a source that raises ClosedResourceError ----------------------------------------------------

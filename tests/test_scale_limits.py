@@ -11,36 +11,29 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-from anyio.lowlevel import checkpoint
-from test_reliability import (
+from _support import (
     Dial,
     Factory,
     Gate,
     Sink,
     assert_balanced,
-    assert_no_unclosed_streams,
     live_tasks,
+    not_in_debug_mode,
     poll_until,
 )
+from anyio.lowlevel import checkpoint
 
 from flowrhythm import Capacity, Flow
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_unclosed_streams")]
 
 WORKERS = 10_000
 #: Seconds: a hang guard for the big runs, far above what they need on a slow machine.
 BIG_GUARD = 90
-
-
-@pytest.fixture(autouse=True)
-def _no_unclosed_streams() -> Iterator[None]:
-    yield
-    assert_no_unclosed_streams()
 
 
 async def hop(item: int) -> int:
@@ -48,6 +41,7 @@ async def hop(item: int) -> int:
     return item
 
 
+@not_in_debug_mode()
 async def test_ten_thousand_workers_start_run_and_tear_down() -> None:
     factory = Factory(hop)
     sink = Sink()
@@ -67,6 +61,7 @@ async def test_ten_thousand_workers_start_run_and_tear_down() -> None:
     assert stats.jobs["wide"].workers == 0
 
 
+@not_in_debug_mode()
 async def test_ten_thousand_idle_workers_are_stopped() -> None:
     factory = Factory(hop)
     flow = Flow().add(
@@ -81,6 +76,7 @@ async def test_ten_thousand_idle_workers_are_stopped() -> None:
     assert factory.enters == factory.exits == WORKERS
 
 
+@not_in_debug_mode()
 async def test_one_job_scales_to_ten_thousand_workers_and_back() -> None:
     dial = Dial(1)
     gate = Gate()
@@ -146,6 +142,7 @@ async def peak_blocks(items: int) -> int:
     return peak - start
 
 
+@not_in_debug_mode()
 async def test_memory_stays_flat_as_the_item_count_grows() -> None:
     """Ten times the items must not take anywhere near ten times the memory.
 

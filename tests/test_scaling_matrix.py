@@ -30,12 +30,12 @@ from _scenarios import (
     saturating,
     step_load,
 )
+from _support import VIRTUAL_BACKENDS
 
 from flowrhythm.testing import run_virtual
 
 pytestmark = pytest.mark.matrix
 
-BACKENDS = ["asyncio", "trio"]
 DURATIONS = [0.001, 0.01, 0.1, 1.0, 5.0]
 
 
@@ -62,7 +62,7 @@ def check_saturating(auto: Outcome, fixed32: Outcome, seconds: float) -> None:
     assert auto.firings() == []
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 @pytest.mark.parametrize("seconds", DURATIONS)
 def test_constant_calls_reach_the_rate_of_a_fixed_pool(backend: str, seconds: float) -> None:
     items = calls_for(seconds)
@@ -72,7 +72,7 @@ def test_constant_calls_reach_the_rate_of_a_fixed_pool(backend: str, seconds: fl
     assert auto.peak == 32
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 @pytest.mark.parametrize("seconds", DURATIONS)
 def test_heavy_tailed_calls_reach_the_rate_of_a_fixed_pool(backend: str, seconds: float) -> None:
     # Log-normal with sigma = 1 and this mean: a tenth of the calls take over 2.2x the
@@ -86,7 +86,7 @@ def test_heavy_tailed_calls_reach_the_rate_of_a_fixed_pool(backend: str, seconds
 # -- hidden limits ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_a_hidden_limit_on_fast_calls_is_found(backend: str) -> None:
     # 10 ms calls inside an anyio.Semaphore(8) the scaler knows nothing about.
     items = 8000  # 10 s at 8 calls at once
@@ -101,7 +101,7 @@ def test_a_hidden_limit_on_fast_calls_is_found(backend: str) -> None:
     assert auto.final >= 8  # and not below what the limit lets through
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_a_hidden_limit_on_slow_calls_is_found_within_100_call_durations(backend: str) -> None:
     # 500 ms calls inside an anyio.Semaphore(8): at 32 workers every call takes 2 s.
     items = 1200  # 75 s at 16 calls a second
@@ -114,7 +114,7 @@ def test_a_hidden_limit_on_slow_calls_is_found_within_100_call_durations(backend
     assert auto.final >= 8
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 @pytest.mark.parametrize("seconds", [0.01, 0.1, 1.0])
 def test_without_a_hidden_limit_the_guard_never_fires(backend: str, seconds: float) -> None:
     # Heavy-tailed calls over 20 seeds: noise must never pass for a plateau.
@@ -128,7 +128,7 @@ def test_without_a_hidden_limit_the_guard_never_fires(backend: str, seconds: flo
 # -- shapes of flows --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_a_job_feeding_a_fixed_bottleneck_stays_small(backend: str) -> None:
     # 100 ms calls feeding a job fixed at 4 workers of 100 ms: 4 upstream are enough.
     auto = run(backend, downstream_bottleneck, AUTO, 1000)
@@ -137,7 +137,7 @@ def test_a_job_feeding_a_fixed_bottleneck_stays_small(backend: str) -> None:
     assert auto.throughput >= 0.95 * fixed32.throughput
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_a_step_in_load_is_followed_up_and_down(backend: str) -> None:
     # 500 ms calls at 5/s for 20 s, 50/s for 20 s, then 5/s for 40 s.
     phases = [(5.0, 20.0), (50.0, 20.0), (5.0, 40.0)]
@@ -159,7 +159,7 @@ def test_a_step_in_load_is_followed_up_and_down(backend: str) -> None:
     assert len(auto.ends) == len(fixed32.ends)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_a_chain_of_three_jobs_keeps_up_with_fixed_pools(backend: str) -> None:
     # 5 ms, 200 ms and 50 ms: the 200 ms job sets the pace and must grow to 32.
     items = 3000
@@ -169,7 +169,7 @@ def test_a_chain_of_three_jobs_keeps_up_with_fixed_pools(backend: str) -> None:
     assert auto.peak == 32
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_calls_that_fail_and_back_off_do_not_grow_the_job(backend: str) -> None:
     # Every call fails at once and waits in a retry's back-off: waiting is not work.
     auto = run(backend, backing_off, AUTO, 64)

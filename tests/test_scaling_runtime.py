@@ -19,10 +19,16 @@ import anyio
 import hypothesis
 import pytest
 import sniffio
-import trio
-from _support import HANG_GUARD, leaves, wait_until
+from _support import (
+    HANG_GUARD,
+    Boom,
+    exact,
+    leaves,
+    not_in_debug_mode,
+    timed,
+    wait_until,
+)
 from hypothesis import strategies as st
-from trio.testing import MockClock
 
 from flowrhythm import (
     Capacity,
@@ -40,26 +46,6 @@ from flowrhythm import (
 from flowrhythm.testing import run_virtual
 
 pytestmark = pytest.mark.anyio
-
-
-def timed() -> pytest.MarkDecorator:
-    """Run on asyncio (real clock) and on trio with a fresh autojumping MockClock."""
-    return pytest.mark.parametrize(
-        "anyio_backend",
-        [
-            pytest.param("asyncio", id="asyncio"),
-            pytest.param(
-                ("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-mockclock"
-            ),
-        ],
-    )
-
-
-def exact() -> bool:
-    """Whether the current run has a virtual clock, so timing can be asserted exactly."""
-    return sniffio.current_async_library() == "trio" and isinstance(
-        trio.lowlevel.current_clock(), MockClock
-    )
 
 
 class Recorder:
@@ -653,10 +639,6 @@ async def test_zero_worker_job_with_items_left_when_input_ends() -> None:
 # -- strategies that misbehave ---------------------------------------------------------------
 
 
-class Boom(Exception):
-    pass
-
-
 async def forever() -> AsyncIterator[int]:
     yield 1
     await anyio.sleep_forever()
@@ -802,6 +784,7 @@ class Oscillate:
         return (sample.max_workers if self.up else sample.min_workers), "oscillate"
 
 
+@not_in_debug_mode()
 async def test_scale_down_never_loses_or_duplicates_items() -> None:
     rng = random.Random(11)
     opened = closed = 0

@@ -6,33 +6,19 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, wait_until
+from _support import (
+    HANG_GUARD,
+    Sink,
+    assert_balanced,
+    fixed,
+    identity,
+    wait_until,
+)
 from anyio.lowlevel import checkpoint
 
-from flowrhythm import Capacity, Flow, FlowStats, LastWorkItem, RunningFlow
+from flowrhythm import Flow, LastWorkItem, RunningFlow
 
 pytestmark = pytest.mark.anyio
-
-
-def fixed(workers: int, queue_length: int = 100) -> Capacity:
-    return Capacity(min_workers=workers, max_workers=workers, queue_length=queue_length)
-
-
-async def identity(item: Any) -> Any:
-    return item
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-
-    async def __call__(self, item: Any) -> None:
-        self.seen.append(item)
-
-
-def assert_balanced(stats: FlowStats) -> None:
-    for name, job in stats.jobs.items():
-        assert job.received == job.completed + job.skipped + job.errored, (name, job)
 
 
 async def test_every_item_sent_goes_through_in_order() -> None:

@@ -27,7 +27,6 @@ of it is left.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 from collections import Counter
@@ -39,10 +38,16 @@ import anyio.abc
 import anyio.from_thread
 import hypothesis
 import pytest
-import sniffio
-import trio
-import trio.testing
-from _support import HANG_GUARD
+from _support import (
+    HANG_GUARD,
+    Dial,
+    Factory,
+    Gate,
+    assert_no_unclosed_streams,
+    outcome_of,
+    settle,
+    tasks_besides_this,
+)
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -51,7 +56,6 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from test_reliability import Dial, Factory, Gate, assert_no_unclosed_streams, live_tasks
 
 from flowrhythm import (
     Capacity,
@@ -59,7 +63,6 @@ from flowrhythm import (
     Flow,
     FlowStats,
     RunningFlow,
-    StopProcessing,
     UtilizationCapacity,
 )
 
@@ -70,55 +73,6 @@ STEPS = 40
 OUTCOMES = ["ok", "ok", "ok", "fail", "group", "skip"]
 QUEUES = {"A": 2, "B": 1, "sink": 1, "errors": 1}
 BOUNDS = {"A": (1, 4), "B": (0, 3)}
-
-
-class Boom(Exception):
-    pass
-
-
-async def settle() -> None:
-    """Return once every other task of the loop is blocked (the flow is quiescent).
-
-    anyio's ``wait_all_tasks_blocked`` on asyncio sleeps 0.1 s each time it finds a
-    runnable task; with scalers ticking every millisecond that is nearly always, so
-    on asyncio the same check is made after every scheduling round instead.
-    """
-    with anyio.fail_after(HANG_GUARD):
-        if sniffio.current_async_library() == "trio":
-            await trio.testing.wait_all_tasks_blocked()
-            return
-        this = asyncio.current_task()
-        while True:
-            await asyncio.sleep(0)
-            if all(
-                task is this
-                or (
-                    (waiter := getattr(task, "_fut_waiter", None)) is not None
-                    and not waiter.done()
-                )
-                for task in asyncio.all_tasks()
-            ):
-                return
-
-
-async def tasks_besides_this() -> set[object]:
-    this: object = (
-        trio.lowlevel.current_task()
-        if sniffio.current_async_library() == "trio"
-        else asyncio.current_task()
-    )
-    return live_tasks() - {this}
-
-
-def outcome_of(plan: dict[int, str], item: int) -> int:
-    match plan[item]:
-        case "fail":
-            raise Boom(item)
-        case "group":
-            raise ExceptionGroup("group", [Boom(item)])
-        case "skip":
-            raise StopProcessing
-    return item
 
 
 class FlowMachine(RuleBasedStateMachine):

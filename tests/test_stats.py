@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from _support import HANG_GUARD, run, wait_until
+from _support import (
+    HANG_GUARD,
+    inc,
+    run,
+    wait_until,
+)
 
 from flowrhythm import (
     Capacity,
@@ -31,10 +36,6 @@ FIELDS = (
     "scale_ups",
     "scale_downs",
 )
-
-
-async def inc(item: int) -> int:
-    return item + 1
 
 
 async def sort_out(item: int) -> int:

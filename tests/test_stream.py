@@ -4,47 +4,31 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, running_tasks, wait_until
+from _support import (
+    HANG_GUARD,
+    ErrorLog,
+    assert_balanced,
+    fixed,
+    identity,
+    running_tasks,
+    wait_until,
+)
 from anyio.lowlevel import checkpoint
 from rich.console import Console
 
 from flowrhythm import (
     Batch,
-    Capacity,
     ErrorItem,
     Flow,
     FlowResults,
-    FlowStats,
     monitor,
     record,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def fixed(workers: int, queue_length: int = 100) -> Capacity:
-    return Capacity(min_workers=workers, max_workers=workers, queue_length=queue_length)
-
-
-class ErrorLog:
-    def __init__(self) -> None:
-        self.errors: list[ErrorItem] = []
-
-    async def __call__(self, error: ErrorItem) -> None:
-        self.errors.append(error)
-
-
-def assert_balanced(stats: FlowStats) -> None:
-    for name, job in stats.jobs.items():
-        assert job.received == job.completed + job.skipped + job.errored, (name, job)
-
-
-async def identity(item: Any) -> Any:
-    return item
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -31,11 +31,17 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import hypothesis
-from _support import HANG_GUARD, leaves
+from _support import (
+    HANG_GUARD,
+    Gate,
+    assert_no_unclosed_streams,
+    leaves,
+    outcome_of,
+    settle,
+    tasks_besides_this,
+)
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_reliability import Gate, assert_no_unclosed_streams
-from test_state_machine import outcome_of, settle, tasks_besides_this
 
 from flowrhythm import Capacity, ErrorItem, Flow, ProcessorFactory, UtilizationCapacity
 

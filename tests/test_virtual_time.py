@@ -13,11 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import VIRTUAL_BACKENDS
 
 from flowrhythm import Capacity, Flow, Retry, ScalingEvent, UtilizationCapacity
 from flowrhythm.testing import run_virtual
-
-BACKENDS = ["asyncio", "trio"]
 
 
 def runtime_errors(group: BaseException) -> list[BaseException]:
@@ -27,7 +26,7 @@ def runtime_errors(group: BaseException) -> list[BaseException]:
     return [group] if isinstance(group, RuntimeError) else []
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 @pytest.mark.timeout(30)  # a real hour would never finish: the clock must jump
 def test_an_hour_of_sleep_takes_no_real_time(backend: str) -> None:
     async def main() -> float:
@@ -38,7 +37,7 @@ def test_an_hour_of_sleep_takes_no_real_time(backend: str) -> None:
     assert run_virtual(main, backend=backend) == 3600  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_the_clock_starts_at_zero_and_stands_still_while_tasks_run(backend: str) -> None:
     async def main() -> list[float]:
         seen = [anyio.current_time()]
@@ -52,7 +51,7 @@ def test_the_clock_starts_at_zero_and_stands_still_while_tasks_run(backend: str)
     assert run_virtual(main, backend=backend) == [0.0, 0.0, 0.25]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_timeouts_fire_at_their_virtual_deadline(backend: str) -> None:
     async def main() -> tuple[float, float]:
         with anyio.move_on_after(5) as scope:
@@ -67,7 +66,7 @@ def test_timeouts_fire_at_their_virtual_deadline(backend: str) -> None:
     assert run_virtual(main, backend=backend) == (5.0, 7.5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_arguments_and_result_pass_through(backend: str) -> None:
     async def add(a: int, b: int) -> int:
         await anyio.sleep(1)
@@ -120,7 +119,7 @@ async def scaled_run(seed: int) -> list[tuple[Any, ...]]:
     return timeline
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_the_same_program_gives_the_same_timeline(backend: str) -> None:
     first = run_virtual(scaled_run, 1, backend=backend)  # type: ignore[arg-type]
     second = run_virtual(scaled_run, 1, backend=backend)  # type: ignore[arg-type]
@@ -130,7 +129,7 @@ def test_the_same_program_gives_the_same_timeline(backend: str) -> None:
     assert sorted(entry[1] for entry in first if entry[0] == "done") == list(range(400))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_retry_back_off_and_rate_limit_run_on_the_virtual_clock(backend: str) -> None:
     async def main() -> tuple[list[float], float]:
         calls: list[float] = []
@@ -156,7 +155,7 @@ def test_retry_back_off_and_rate_limit_run_on_the_virtual_clock(backend: str) ->
     assert limited_span == pytest.approx(2.0)  # five calls at 2 a second: 0, .5, 1, 1.5, 2
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_processing_times_follow_the_virtual_clock(backend: str) -> None:
     async def main() -> tuple[float | None, float | None]:
         async def call(item: float) -> None:
@@ -169,7 +168,7 @@ def test_processing_times_follow_the_virtual_clock(backend: str) -> None:
     assert run_virtual(main, backend=backend) == pytest.approx((0.2, 3.0))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 @pytest.mark.parametrize("executor", ["thread", "process", "pool"])
 def test_offloading_is_refused(backend: str, executor: str) -> None:
     with ThreadPoolExecutor(1) as pool:
@@ -185,7 +184,7 @@ def test_offloading_is_refused(backend: str, executor: str) -> None:
     assert "executor=" in str(error)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", VIRTUAL_BACKENDS)
 def test_offloading_works_again_after_a_virtual_run(backend: str) -> None:
     async def virtual() -> None:
         await anyio.sleep(1)

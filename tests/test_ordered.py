@@ -1,4 +1,4 @@
-"""Ordered jobs: exact order however the workers come and go, and a bounded window.
+"""``ordered=True``: exact order however the workers come and go, and a bounded window.
 
 The reorder window holds at most ``2 x max_workers`` inputs taken but not yet
 released. Every input is numbered the instant it leaves the job's queue, on
@@ -15,7 +15,20 @@ from typing import Any
 
 import anyio
 import pytest
-from _support import HANG_GUARD, collect, run, wait_until
+from _support import (
+    HANG_GUARD,
+    Boom,
+    ErrorLog,
+    Flapping,
+    Sink,
+    assert_balanced,
+    collect,
+    feed,
+    fixed,
+    run,
+    scaling,
+    wait_until,
+)
 from anyio.lowlevel import checkpoint
 
 import flowrhythm._run._ordered
@@ -24,6 +37,7 @@ from flowrhythm import (
     ErrorItem,
     Flow,
     FlowStats,
+    LastWorkItem,
     ProcessorFactory,
     ScalingSample,
     StopProcessing,
@@ -33,35 +47,11 @@ from flowrhythm import (
 pytestmark = pytest.mark.anyio
 
 
-class Flapping:
-    """Every tick, the other extreme: max_workers, then min_workers (retirements galore)."""
-
-    def __init__(self) -> None:
-        self.ticks = 0
-
-    def decide(self, sample: ScalingSample) -> int:
-        self.ticks += 1
-        return sample.max_workers if self.ticks % 2 else sample.min_workers
-
-
 class Grow:
     """Always the most workers."""
 
     def decide(self, sample: ScalingSample) -> int:
         return sample.max_workers
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-
-    async def __call__(self, item: Any) -> None:
-        self.seen.append(item)
-
-
-def assert_balanced(stats: FlowStats) -> None:
-    for name, job in stats.jobs.items():
-        assert job.received == job.completed + job.skipped + job.errored, (name, job)
 
 
 class _WatchedParking(dict[int, Any]):
@@ -297,3 +287,209 @@ async def test_one_worker_keeps_order_by_itself_through_retirements(
     assert await collect(Flow().add(jitter, capacity=capacity, ordered=True), range(300)) == list(
         range(300)
     )
+
+
+# -- delays, generators, failures, end of input and stop ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [pytest.param(fixed(16), id="16-workers"), pytest.param(scaling(1, 16), id="scaling-1-16")],
+)
+async def test_ordered_keeps_input_order_with_many_workers_and_random_delays(
+    capacity: Capacity,
+) -> None:
+    rng = random.Random(3)
+
+    async def jitter(item: int) -> int:
+        await anyio.sleep(rng.uniform(0, 0.001))
+        return item
+
+    flow = Flow().add(jitter, capacity=capacity, ordered=True)
+    assert await collect(flow, range(400)) == list(range(400))
+
+
+@pytest.mark.parametrize("queue_length", [0, 1, 2, 100])
+async def test_ordered_keeps_input_order_when_the_processor_never_waits(
+    queue_length: int,
+) -> None:
+    """A processor that returns without awaiting (a cache hit, a pure function)."""
+
+    async def at_once(item: int) -> int:
+        return item
+
+    flow = Flow().add(at_once, capacity=fixed(2, queue_length), ordered=True)
+    assert await collect(flow, range(200)) == list(range(200))
+
+
+async def test_unordered_job_with_the_same_delays_does_reorder() -> None:
+    """The control for the test above: without ``ordered`` the delays do shuffle outputs."""
+    rng = random.Random(3)
+
+    async def jitter(item: int) -> int:
+        await anyio.sleep(rng.uniform(0, 0.001))
+        return item
+
+    outputs = await collect(Flow().add(jitter, capacity=fixed(16)), range(400))
+    assert sorted(outputs) == list(range(400))
+    assert outputs != list(range(400))
+
+
+async def test_slow_head_does_not_stop_the_others_until_the_window_is_full() -> None:
+    release = anyio.Event()
+    sink = Sink()
+
+    async def slow_head(item: int) -> int:
+        if item == 0:
+            await release.wait()
+        return item
+
+    flow = Flow().add(slow_head, capacity=fixed(4), name="ord", ordered=True).add(sink)
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running, anyio.create_task_group() as tg:
+            tg.start_soon(feed, running, range(1000))
+            await wait_until(lambda: running.stats().jobs["ord"].blocked == 3)
+            await anyio.wait_all_tasks_blocked()
+            job = running.stats().jobs["ord"]
+            # The three other workers finished items and then stopped at the window:
+            # 8 inputs taken (= 2 x max_workers), none released, the rest waits.
+            assert job.received == 8
+            assert (job.active, job.blocked, job.idle) == (1, 3, 0)
+            assert sink.seen == []
+            assert job.queue_depth == job.queue_length  # backpressure, not buffering
+            release.set()
+        stats = await running.join()
+    assert sink.seen == list(range(1000))
+    assert_balanced(stats)
+
+
+async def test_ordered_window_stays_bounded_while_the_job_scales() -> None:
+    """Inputs taken minus outputs handed on never exceed 2 x max_workers (+1 in the hand-over)."""
+    rng = random.Random(5)
+    window = 4
+    taken = 0
+    sink = Sink()
+    worst = 0
+
+    async def jitter(item: int) -> int:
+        nonlocal taken, worst
+        taken += 1
+        worst = max(worst, taken - len(sink.seen))
+        await anyio.sleep(rng.choice([0, 0, 0.0002, 0.001, 0.003]))
+        return item
+
+    flow = (
+        Flow()
+        .add(jitter, capacity=scaling(1, window), name="ord", ordered=True)
+        .add(sink, capacity=fixed(1, queue_length=0))
+    )
+    stats = await run(flow, range(600))
+    assert sink.seen == list(range(600))
+    # One output may have been handed to the sink's worker but not yet recorded by it.
+    assert worst <= 2 * window + 1
+    assert_balanced(stats)
+
+
+async def test_ordered_window_never_parks_more_than_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slow items among fast ones: finished outputs wait, never more than 2 x max_workers."""
+    buffers: list[_WatchedParking] = []
+    original_init = flowrhythm._run._ordered.Reorder.__init__
+
+    def watched_init(self: flowrhythm._run._ordered.Reorder, *args: Any) -> None:
+        original_init(self, *args)
+        self.parked = _WatchedParking()
+        buffers.append(self.parked)
+
+    monkeypatch.setattr(flowrhythm._run._ordered.Reorder, "__init__", watched_init)
+    rng = random.Random(11)
+    sink = Sink()
+
+    async def jitter(item: int) -> int:
+        await anyio.sleep(0.005 if rng.random() < 0.05 else 0)
+        return item
+
+    flow = Flow().add(jitter, capacity=scaling(1, 4), name="ord", ordered=True).add(sink)
+    stats = await run(flow, range(800))
+    assert sink.seen == list(range(800))
+    (buffer,) = buffers
+    assert buffer == {}
+    # Slow heads did hold finished outputs back, and never more than the window
+    # (2 x max_workers inputs, the head itself counted as it is released).
+    assert 2 <= buffer.worst <= 2 * 4
+    assert_balanced(stats)
+
+
+async def test_ordered_generator_keeps_each_inputs_outputs_together() -> None:
+    rng = random.Random(7)
+
+    async def fan_out(item: int) -> AsyncIterator[tuple[int, int]]:
+        for part in range(item % 3 + 1):
+            await anyio.sleep(rng.uniform(0, 0.0005))
+            yield item, part
+
+    flow = Flow().add(fan_out, capacity=fixed(8), name="fan", ordered=True)
+    outputs = await collect(flow, range(120))
+    assert outputs == [(i, part) for i in range(120) for part in range(i % 3 + 1)]
+
+
+async def test_ordered_failures_and_skips_leave_the_rest_in_order() -> None:
+    rng = random.Random(9)
+    errors = ErrorLog()
+
+    async def picky(item: int) -> int:
+        await anyio.sleep(rng.uniform(0, 0.0005))
+        if item % 7 == 0:
+            raise StopProcessing
+        if item % 5 == 0:
+            raise Boom(item)
+        return item
+
+    flow = Flow().add(picky, capacity=fixed(8), name="picky", ordered=True)
+    flow.add_error_job(errors)
+    outputs = await collect(flow, range(200))
+    assert outputs == [i for i in range(200) if i % 7 and i % 5]
+    assert sorted(e.item for e in errors.errors) == [i for i in range(200) if i % 7 and not i % 5]
+
+
+async def test_ordered_end_of_input_delivers_everything_sent() -> None:
+    sink = Sink()
+    rng = random.Random(11)
+
+    async def jitter(item: int) -> int:
+        await anyio.sleep(rng.uniform(0, 0.001))
+        return item
+
+    flow = Flow().add(jitter, capacity=scaling(0, 6), name="ord", ordered=True).add(sink)
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running:
+            for item in range(50):
+                await running.send(item)
+            await running.send(LastWorkItem())
+            stats = await running.join()
+    assert sink.seen == list(range(50))
+    assert_balanced(stats)
+
+
+async def test_stop_with_a_blocked_head_abandons_the_window_and_counts_it() -> None:
+    release = anyio.Event()
+    sink = Sink()
+
+    async def slow_head(item: int) -> int:
+        if item == 0:
+            await release.wait()
+        return item
+
+    flow = Flow().add(slow_head, capacity=fixed(4), name="ord", ordered=True).add(sink)
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running:
+            for item in range(10):
+                await running.send(item)
+            await wait_until(lambda: running.stats().jobs["ord"].blocked == 3)
+            running.stop()
+    job = running.stats().jobs["ord"]
+    assert sink.seen == []
+    assert job.received == 8
+    # None of the 8 outputs was handed downstream: all 8 items are abandoned.
+    assert job.in_flight == 8, job
