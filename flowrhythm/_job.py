@@ -95,7 +95,7 @@ class Job:
         self.errors = errors
         # A router's outputs: label -> where that arm's items go (None: a plain job).
         self.routes = routes
-        self.counters = Counters(run.clock)
+        self.counters = Counters(run.clock, run.timer, run.started_at)
         self.scales = spec.capacity.scales
         self.workers: dict[Worker, None] = {}  # a set kept in order: same run, same choices
         self.retiring = 0  # live workers asked to leave
@@ -104,7 +104,7 @@ class Job:
         self.finished = False
         self.task_group: TaskGroup | None = None
         self._scaler_scope: anyio.CancelScope | None = None  # made by the scaler
-        self.rate = RateWindow(self.counters.clock())
+        self.rate = RateWindow(run.started_at)
         # Offloaded calls: one limiter per job, its size following the worker count.
         options = spec.options
         # One worker keeps the order by itself: such a job runs the plain loop.

@@ -26,6 +26,7 @@ from ._errors import ErrorItem, LastWorkItem
 from ._job import Job, Route
 from ._scaler import ScalingEvent, log_scaling
 from ._stats import FlowStats
+from ._timing import call_timer
 from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Run:
         # The event loop's clock, looked up once for the run (and its jobs).
         self.clock: Callable[[], float] = current_token().backend_class.current_time
         self.started_at = self.clock()
+        self.timer = call_timer(self.clock)  # times the jobs' calls (chosen once)
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
         self.feed_scope: anyio.CancelScope | None = None  # made by feed()

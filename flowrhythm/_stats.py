@@ -15,7 +15,7 @@ from typing import final
 import attrs
 
 from ._report import bottleneck, report
-from ._timing import TINY, Timings, call_timer
+from ._timing import TINY, Timings
 
 
 @final
@@ -58,9 +58,13 @@ class Counters:
         "workers_since",
     )
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, clock: Callable[[], float], timer: Callable[[], float], now: float
+    ) -> None:
+        """``clock``: the event loop's; ``timer``: what times calls (see :func:`call_timer`);
+        ``now``: the loop's time at the start of the run."""
         self.clock = clock
-        self.timer = call_timer()  # times calls: the loop's clock, or one in step with it
+        self.timer = timer  # times calls: the loop's clock, or one in step with it
         self.workers = 0  # live worker tasks
         self.idle = 0  # workers waiting for input
         self.blocked = 0  # workers waiting to hand on a result, or for the resource manager
@@ -76,7 +80,7 @@ class Counters:
         # generator adds (yields - 1) per item, a LastWorkItem result adds -1.
         self.outputs_adjust = 0
         self.worker_seconds = 0.0
-        self.workers_since = clock()
+        self.workers_since = now
         self.idle_seconds = 0.0
         self.idle_since = 0.0
         self.blocked_seconds = 0.0
