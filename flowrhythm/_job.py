@@ -25,7 +25,7 @@ from ._options import Exhausted, RateLimit, wrap
 from ._ordered import Reorder
 from ._processors import ProcessorFactory
 from ._scaler import run_scaler
-from ._stats import Counters, JobStats
+from ._stats import Counters, JobRecord, JobStats, job_stats
 from ._timing import RateWindow
 from ._worker import NOTHING, Numbered, Worker, work, work_general, work_ordered, work_router
 
@@ -403,37 +403,19 @@ class Job:
     # -- observing ----------------------------------------------------------------
 
     def snapshot(self) -> JobStats:
+        ended_at = self.run.ended_at
+        return job_stats(*self.record(self.run.clock() if ended_at is None else ended_at))
+
+    def record(self, now: float, drained: bool = False) -> JobRecord:
+        """What the job's snapshot at ``now`` is built from (``drained``: its queue is empty)."""
         c = self.counters
-        capacity = self.spec.capacity
-        workers = c.workers
-        now = self.run.ended_at if self.run.ended_at is not None else c.clock()
-        active_seconds, idle_seconds, blocked_seconds = c.seconds(now)
-        p50, p95, p99 = c.latency.percentiles(50, 95, 99)
-        return JobStats(
-            name=self.name,
-            workers=workers,
-            idle=c.idle,
-            active=max(workers - c.idle - c.blocked, 0),
-            blocked=c.blocked,
-            queue_depth=self.receive.statistics().current_buffer_used,
-            queue_length=capacity.queue_length,
-            min_workers=capacity.min_workers,
-            max_workers=capacity.max_workers,
-            received=c.received,
-            completed=c.completed,
-            skipped=c.skipped,
-            errored=c.errored,
-            retried=c.retried,
-            scale_ups=c.scale_ups,
-            scale_downs=c.scale_downs,
-            active_seconds=active_seconds,
-            idle_seconds=idle_seconds,
-            blocked_seconds=blocked_seconds,
-            throughput=self.rate.rate(now, c.ended),
-            p50=p50,
-            p95=p95,
-            p99=p99,
-            error_job=self is self.run.error_job,
-            concurrency_limit=self.slots.adaptive.limit if self.slots is not None else None,
-            overloaded=c.overloaded,
+        return (
+            self.spec.name,
+            c,
+            now,
+            0 if drained else self.receive.statistics().current_buffer_used,
+            self.spec.capacity,
+            self.rate.rate(now, c.ended),
+            self is self.run.error_job,
+            self.slots.adaptive.limit if self.slots is not None else None,
         )

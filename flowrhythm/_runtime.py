@@ -13,7 +13,7 @@ The error job's input closes when every other job has finished.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast, final
 
 import anyio
@@ -25,7 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._errors import ErrorItem, LastWorkItem
 from ._job import Job, Route
 from ._scaler import ScalingEvent, log_scaling
-from ._stats import FlowStats
+from ._stats import FinalJobs, FlowStats, JobStats
 from ._timing import call_timer
 from ._worker import YIELD_EVERY
 
@@ -312,12 +312,19 @@ class Run:
     # -- observing ---------------------------------------------------------------
 
     def snapshot(self) -> FlowStats:
-        end = self.ended_at if self.ended_at is not None else self.clock()
+        end = self.ended_at
+        jobs: Mapping[str, JobStats]
+        if end is None:  # live: every job's snapshot now
+            end = self.clock()
+            jobs = {job.name: job.snapshot() for job in self.all_jobs}
+        else:  # ended: its counters stay as they are, each job's snapshot is built when read
+            drained = self.done.is_set()
+            jobs = FinalJobs({job.name: job.record(end, drained) for job in self.all_jobs})
         items_out = sum(job.counters.outputs for job in self.outlets)
         for route in self.through:
             items_out += route.passed
         return FlowStats(
-            jobs={job.name: job.snapshot() for job in self.all_jobs},
+            jobs=jobs,
             items_in=self.items_in,
             items_out=items_out,
             elapsed=end - self.started_at,

@@ -9,13 +9,16 @@ state with a ``statistics()`` value.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import final
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, final
 
 import attrs
 
 from ._report import bottleneck, report
 from ._timing import TINY, Timings
+
+if TYPE_CHECKING:
+    from ._capacity import Capacity
 
 
 @final
@@ -58,11 +61,9 @@ class Counters:
         "workers_since",
     )
 
-    def __init__(
-        self, clock: Callable[[], float], timer: Callable[[], float], now: float
-    ) -> None:
-        """``clock``: the event loop's; ``timer``: what times calls (see :func:`call_timer`);
-        ``now``: the loop's time at the start of the run."""
+    def __init__(self, clock: Callable[[], float], timer: Callable[[], float], now: float) -> None:
+        # clock: the event loop's; timer: what times calls (see call_timer);
+        # now: the loop's time when the run started.
         self.clock = clock
         self.timer = timer  # times calls: the loop's clock, or one in step with it
         self.workers = 0  # live worker tasks
@@ -240,6 +241,104 @@ class JobStats:
     def in_flight(self) -> int:
         """Items received but not yet ended (abandoned, if the run was cancelled)."""
         return self.received - self.completed - self.skipped - self.errored
+
+
+#: What a job's snapshot is built from (see :func:`job_stats`).
+JobRecord = tuple[str, Counters, float, int, "Capacity", float, bool, "int | None"]
+
+
+def job_stats(
+    name: str,
+    c: Counters,
+    now: float,
+    queue_depth: int,
+    capacity: Capacity,
+    throughput: float,
+    error_job: bool,
+    concurrency_limit: int | None,
+) -> JobStats:
+    """The :class:`JobStats` of the job counted by ``c``, at ``now`` (the loop's time)."""
+    workers = c.workers
+    idle = c.idle
+    blocked = c.blocked
+    active_seconds, idle_seconds, blocked_seconds = c.seconds(now)
+    p50, p95, p99 = c.latency.percentiles(50, 95, 99)
+    return JobStats(
+        name=name,
+        workers=workers,
+        idle=idle,
+        active=max(workers - idle - blocked, 0),
+        blocked=blocked,
+        queue_depth=queue_depth,
+        queue_length=capacity.queue_length,
+        min_workers=capacity.min_workers,
+        max_workers=capacity.max_workers,
+        received=c.received,
+        completed=c.completed,
+        skipped=c.skipped,
+        errored=c.errored,
+        retried=c.retried,
+        scale_ups=c.scale_ups,
+        scale_downs=c.scale_downs,
+        active_seconds=active_seconds,
+        idle_seconds=idle_seconds,
+        blocked_seconds=blocked_seconds,
+        throughput=throughput,
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        error_job=error_job,
+        concurrency_limit=concurrency_limit,
+        overloaded=c.overloaded,
+    )
+
+
+@final
+class FinalJobs(Mapping[str, JobStats]):
+    """The jobs of a run that has ended, each :class:`JobStats` built when first read (private).
+
+    Once a run has ended its counters never change again, so a job's snapshot
+    built later is the one built at the end; what can still change elsewhere
+    (the queue, the rate window, a shared :class:`Adaptive`) is read at the end,
+    in the records. ``run()`` and ``join()`` return their stats this way: a
+    caller that reads one job, or none, builds that much. A job's record is
+    dropped once its snapshot is built; copies and pickles are plain dicts.
+    """
+
+    __slots__ = ("_built", "_names", "_pending")
+
+    def __init__(self, pending: dict[str, JobRecord]) -> None:
+        self._pending = pending
+        self._names = tuple(pending)
+        self._built: dict[str, JobStats] = {}
+
+    def __getitem__(self, name: str) -> JobStats:
+        try:
+            return self._built[name]
+        except KeyError:
+            pass
+        record = self._pending.get(name)
+        if record is None:
+            return self._built[name]  # built meanwhile (another thread), or no such job
+        # setdefault, then pop: two threads reading the same job both get one snapshot.
+        stats = self._built.setdefault(name, job_stats(*record))
+        self._pending.pop(name, None)
+        return stats
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> tuple[type[dict[str, JobStats]], tuple[dict[str, JobStats]]]:
+        return dict, (dict(self.items()),)
 
 
 @final

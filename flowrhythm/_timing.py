@@ -17,7 +17,6 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import Final, final
 
-
 #: Set by :func:`flowrhythm.testing.run_virtual` for the tasks it runs.
 VIRTUAL_TIME: Final[ContextVar[bool]] = ContextVar("flowrhythm_virtual_time", default=False)
 
@@ -119,11 +118,11 @@ class Timings:
 
     def percentiles(self, *qs: float) -> tuple[float | None, ...]:
         """The ``qs``-th percentiles (0..100) in seconds; ``None`` with no data."""
-        n = min(self.count, KEEP)
+        n = len(self.ring)  # min(count, KEEP)
         if not n:
             return (None,) * len(qs)
         recent = sorted(self.ring)
-        return tuple(recent[min(max(math.ceil(n * q / 100.0), 1), n) - 1] for q in qs)
+        return tuple([recent[min(max(math.ceil(n * q / 100.0), 1), n) - 1] for q in qs])
 
 
 @final
