@@ -95,8 +95,8 @@ class Job:
         self.errors = errors
         # A router's outputs: label -> where that arm's items go (None: a plain job).
         self.routes = routes
-        self.counters = Counters(run.clock, run.timer, run.started_at)
         self.scales = spec.capacity.scales
+        self.counters = Counters(run.clock, run.timer, run.started_at, self.scales)
         self.workers: dict[Worker, None] = {}  # a set kept in order: same run, same choices
         self.retiring = 0  # live workers asked to leave
         self.doorman = False

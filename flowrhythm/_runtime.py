@@ -165,7 +165,10 @@ class Run:
         self, queue_length: int
     ) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
         """A memory object stream that the run closes when it ends."""
-        send, receive = anyio.create_memory_object_stream[Any](queue_length)
+        # Not create_memory_object_stream[Any](...): subscripting costs more than the call.
+        send: MemoryObjectSendStream[Any]
+        receive: MemoryObjectReceiveStream[Any]
+        send, receive = anyio.create_memory_object_stream(queue_length)
         self._streams += (send, receive)
         return send, receive
 

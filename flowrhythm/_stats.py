@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, final
 import attrs
 
 from ._report import bottleneck, report
-from ._timing import TINY, Timings
+from ._timing import LOG_TINY, TINY, SummedTimings, Timings
 
 if TYPE_CHECKING:
     from ._capacity import Capacity
@@ -61,9 +61,12 @@ class Counters:
         "workers_since",
     )
 
-    def __init__(self, clock: Callable[[], float], timer: Callable[[], float], now: float) -> None:
+    def __init__(
+        self, clock: Callable[[], float], timer: Callable[[], float], now: float, scales: bool
+    ) -> None:
         # clock: the event loop's; timer: what times calls (see call_timer);
-        # now: the loop's time when the run started.
+        # now: the loop's time when the run started; scales: whether the job
+        # has a scaler, which reads the sums of the call times.
         self.clock = clock
         self.timer = timer  # times calls: the loop's clock, or one in step with it
         self.workers = 0  # live worker tasks
@@ -86,7 +89,8 @@ class Counters:
         self.idle_since = 0.0
         self.blocked_seconds = 0.0
         self.blocked_since = 0.0
-        self.latency = Timings()  # processing times of sampled items
+        # Processing times of sampled items (summed only for the scaler).
+        self.latency: Timings = SummedTimings() if scales else Timings()
         # Timed calls still running, and the sum of their start times (by ``timer``):
         # their ages add up to ``running * timer() - running_since``.
         self.running = 0
@@ -141,7 +145,7 @@ class Counters:
 
     def first_call(self, seconds: float) -> None:
         """One of the job's first timed calls ended after ``seconds``."""
-        log = math.log(max(seconds, TINY))
+        log = math.log(seconds) if seconds > TINY else LOG_TINY
         first = self.first
         first[0] += 1
         first[1] += log

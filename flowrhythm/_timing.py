@@ -46,6 +46,7 @@ SLOW: Final = 100e-6
 FIRST_CALLS: Final = 32
 #: Durations below this count as this much in logarithms (a call can take no time at all).
 TINY: Final = 1e-9
+LOG_TINY: Final = math.log(TINY)
 #: How many recent timings a job keeps (a power of two).
 KEEP: Final = 1024
 
@@ -66,7 +67,6 @@ def call_timer(clock: Callable[[], float]) -> Callable[[], float]:
     return perf_counter if clock() > before else clock
 
 
-@final
 class Timings:
     """The processing times of the last :data:`KEEP` timed items (a ring).
 
@@ -75,6 +75,10 @@ class Timings:
     :data:`SLOW`, where timing costs nothing in comparison. Recording is one
     store and one increment; percentiles are computed only when a snapshot
     asks, by sorting at most :data:`KEEP` floats.
+
+    The sums over every timed duration (``total``, ``squares``, ``logs``,
+    ``log_squares``) are what a job's scaler reads; only :class:`SummedTimings`,
+    the timings of a job that scales, keeps them. Here they stay 0.
     """
 
     __slots__ = ("count", "log_squares", "logs", "mask", "ring", "squares", "total")
@@ -99,11 +103,6 @@ class Timings:
         else:
             self.ring[count & (KEEP - 1)] = seconds
         self.count = count + 1
-        self.total += seconds
-        self.squares += seconds * seconds
-        log = math.log(max(TINY, seconds))
-        self.logs += log
-        self.log_squares += log * log
         self.mask = 0 if seconds > SLOW else SAMPLE_MASK
 
     def since(self, count: int) -> list[float]:
@@ -123,6 +122,31 @@ class Timings:
             return (None,) * len(qs)
         recent = sorted(self.ring)
         return tuple([recent[min(max(math.ceil(n * q / 100.0), 1), n) - 1] for q in qs])
+
+
+@final
+class SummedTimings(Timings):
+    """:class:`Timings` that also sums every timed duration: those of a job that scales.
+
+    Its scaler compares the sums between two ticks: the mean call time, its
+    spread, and the geometric mean (from the logarithms).
+    """
+
+    __slots__ = ()
+
+    def add(self, seconds: float) -> None:
+        count = self.count
+        if count < KEEP:
+            self.ring.append(seconds)
+        else:
+            self.ring[count & (KEEP - 1)] = seconds
+        self.count = count + 1
+        self.total += seconds
+        self.squares += seconds * seconds
+        log = math.log(seconds) if seconds > TINY else LOG_TINY
+        self.logs += log
+        self.log_squares += log * log
+        self.mask = 0 if seconds > SLOW else SAMPLE_MASK
 
 
 @final
