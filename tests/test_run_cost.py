@@ -28,7 +28,8 @@ from flowrhythm import (
     StopProcessing,
 )
 from flowrhythm._stats import Counters
-from flowrhythm._timing import KEEP, SummedTimings, Timings, call_timer
+from flowrhythm._timing import KEEP, SAMPLE_EVERY, SummedTimings, Timings, call_timer
+from flowrhythm.testing import run_virtual
 
 pytestmark = pytest.mark.anyio
 
@@ -384,3 +385,52 @@ async def test_cancelled_from_outside_while_draining_propagates() -> None:
             pytest.fail("the block should have been cancelled while draining")
     assert not outer.cancelled_caught  # cancelled by the task group, not the guard
     assert running_tasks() == before
+
+
+# -- which calls are timed: every slow one, one fast one in SAMPLE_EVERY ----------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("scales", [False, True])
+def test_every_slow_call_is_timed(backend: str, scales: bool) -> None:
+    """Slow calls (virtual seconds) are all timed, in a job that scales or not."""
+    durations = [1.0] * 40 + [5.0]
+
+    async def slow(seconds: float) -> float:
+        await anyio.sleep(seconds)
+        return seconds
+
+    async def main() -> JobStats:
+        flow = Flow()
+        capacity = Capacity(min_workers=1, max_workers=2 if scales else 1)
+        flow.add(slow, name="slow", capacity=capacity)
+        stats = await flow.run(durations)
+        return stats.jobs["slow"]
+
+    job = run_virtual(main, backend=backend)  # type: ignore[arg-type]
+    assert job.completed == len(durations)
+    assert job.p50 == pytest.approx(1.0)
+    assert job.p99 == pytest.approx(5.0)  # the last call, timed like every slow one
+
+
+@pytest.mark.parametrize("scales", [False, True])
+async def test_fast_calls_are_sampled_one_in_32(scales: bool) -> None:
+    """A stream of instant calls times the first, then one in SAMPLE_EVERY."""
+    flow = Flow()
+    flow.add(inc, name="inc", capacity=Capacity(min_workers=1, max_workers=2 if scales else 1))
+    n = 20 * SAMPLE_EVERY
+    with anyio.fail_after(HANG_GUARD):
+        async with flow.start() as running:
+            for item in range(n):
+                await running.send(item)
+            await running.close()
+            stats = await running.join()
+            job = running._run.jobs[0]  # what the stats are built from
+    timed = job.counters.latency.count
+    assert stats.jobs["inc"].completed == n
+    assert stats.jobs["inc"].p50 is not None
+    # The first call, then one in SAMPLE_EVERY; a call right after a wait for
+    # input is timed too (the loop's count restarts), and the caller here
+    # may hand over one item at a time.
+    assert n // SAMPLE_EVERY <= timed <= n
+    assert timed == len(job.counters.latency.ring)
