@@ -155,9 +155,16 @@ class Job:
         """Start the job's initial workers (and its scaler) in the run's task group."""
         self.task_group = task_group
         initial = self.spec.capacity.initial_workers
-        for _ in range(initial):
-            self.add_worker()
-        if not initial:
+        if initial:
+            # Counted from the run's start, the counters' origin: no clock read.
+            self.counters.workers = initial
+            name = f"flowrhythm {self.spec.name}"
+            for _ in range(initial):
+                worker = Worker(retirable=self.scales)
+                self.workers[worker] = None
+                task_group.start_soon(self._worker_task, worker, NOTHING, name=name)
+            self._size_limiter()
+        else:
             self._start_doorman()
         if self.scales:
             task_group.start_soon(run_scaler, self, name=f"flowrhythm {self.name} scaler")
