@@ -352,6 +352,11 @@ class FlowStats:
 
     Attributes:
         jobs: job name to :class:`JobStats`, in flow order, the error job last.
+            A read-only mapping; in the stats of a run that has ended (what
+            ``run()`` and ``join()`` return) each job's :class:`JobStats` is
+            built when first read, from counters that no longer change. It
+            compares equal to the dict of the same entries, and copies and
+            pickles as one.
         items_in: items that entered the first job.
         items_out: outputs the last job handed on (to ``stream``'s results,
             or discarded by ``run`` / ``start``).
