@@ -33,7 +33,7 @@ from ._monitor import RECENT, default_console, monitor, render_stats
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ._runtime import RunningFlow
+    from . import RunningFlow
     from ._stats import FlowStats
 
 #: Seconds the source offers URLs by default.

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from ._runtime import FlowResults, RunningFlow
+    from . import FlowResults, RunningFlow
     from ._stats import FlowStats, JobStats
 
 #: Seconds: the bottleneck line looks at what the jobs did over about this long.

@@ -16,7 +16,7 @@ import attrs
 from ._validate import check_count, check_number
 
 if TYPE_CHECKING:
-    from ._runtime import FlowResults, RunningFlow
+    from . import FlowResults, RunningFlow
     from ._stats import FlowStats
 
 

@@ -18,9 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
+from anyio import EndOfStream, WouldBlock
+
+from ._worker import LEAVING, NOTHING, Taken, Worker
 
 if TYPE_CHECKING:
-    from ._stats import Counters
+    from .._stats import Counters
+    from ._job import Job
 
 
 @final
@@ -48,7 +52,7 @@ class Reorder:
         self.parked: dict[int, tuple[list[Any], int]] = {}
         self.draining = False
         self.space: anyio.Event | None = None
-        # Held by the one worker that waits for the next input (see take_in_order).
+        # Held by the one worker that waits for the next input (see :meth:`take`).
         self.lock = anyio.Lock()
         # A worker is inside a waiting receive: the item it gets is not numbered yet.
         self.receiving = False
@@ -67,7 +71,7 @@ class Reorder:
             finally:
                 self.counters.leave_blocked(since)
 
-    def take(self) -> int:
+    def number(self) -> int:
         """Number the input just taken from the queue."""
         seq = self.next_seq
         self.next_seq = seq + 1
@@ -111,3 +115,80 @@ class Reorder:
         if self.space is not None:
             self.space.set()
             self.space = None
+
+    async def take(self, job: Job, worker: Worker) -> Any:
+        """Take the next input: a numbered :class:`Taken`, or :data:`NOTHING` to leave.
+
+        Inputs are numbered (and counted as received) the instant they leave the
+        queue. Without waiting, a worker takes one whenever the window has room and
+        no worker is inside a waiting ``receive`` (whose item may already be on its
+        way to it, not yet numbered). Otherwise it waits for room (blocked), then
+        queues on the reorder lock (idle): the holder takes an input without waiting
+        if one is there, or else waits for one, and numbers it. Quick takes never
+        queue behind the lock, only behind a worker really waiting for input. A
+        worker in here holds no item, so retiring it is safe throughout.
+        """
+        if worker.retirement:
+            return NOTHING
+        reorder = self
+        receive = job.receive
+        counters = job.counters
+        if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
+            try:
+                item = receive.receive_nowait()
+            except WouldBlock:
+                pass
+            except EndOfStream:
+                job.input_ended = True
+                return NOTHING
+            else:
+                counters.received += 1
+                return Taken(item, reorder.number())
+        lock = reorder.lock
+        worker.waiting = True
+        try:
+            while True:
+                await reorder.wait_for_room()  # blocked while the window is full
+                since = counters.enter_idle()
+                try:
+                    await lock.acquire()  # idle: another worker waits for input
+                finally:
+                    counters.leave_idle(since)
+                try:
+                    if not reorder.has_room():
+                        continue  # the window filled up meanwhile
+                    try:
+                        item = receive.receive_nowait()
+                    except WouldBlock:
+                        reorder.receiving = True
+                        since = counters.enter_idle()
+                        try:
+                            item = await receive.receive()
+                        finally:
+                            reorder.receiving = False
+                            counters.leave_idle(since)
+                    counters.received += 1
+                    seq = reorder.number()
+                    break
+                except EndOfStream:
+                    job.input_ended = True
+                    return NOTHING
+                finally:
+                    lock.release()
+        finally:
+            worker.waiting = False
+        if worker.retirement is LEAVING:
+            worker.rescued = Taken(item, seq)
+            return NOTHING
+        return Taken(item, seq)
+
+    async def first(self, job: Job) -> Taken:
+        """The doorman's take: wait for the first input, count it and number it.
+
+        Raises :exc:`~anyio.EndOfStream` if the input ends instead.
+        """
+        item = await job.receive.receive()
+        # Counted and numbered the instant it leaves the queue: the new worker
+        # may take a while to open, and the run may be cancelled.
+        job.counters.received += 1
+        return Taken(item, self.number())
