@@ -32,6 +32,7 @@ from ._scaling import ScalingStrategy as ScalingStrategy
 from ._scaling import UtilizationStrategy as UtilizationStrategy
 from ._stats import FlowStats as FlowStats
 from ._stats import JobStats as JobStats
+from ._stats import StatsSource as StatsSource
 
 __all__ = [
     "Adaptive",
@@ -54,6 +55,7 @@ __all__ = [
     "ScalingEvent",
     "ScalingSample",
     "ScalingStrategy",
+    "StatsSource",
     "StopProcessing",
     "Strategy",
     "Timeline",

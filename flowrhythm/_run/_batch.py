@@ -25,7 +25,6 @@ from ._worker import LEAVING, NOTHING, Taken, Worker
 if TYPE_CHECKING:
     from .._options import Batch
     from .._stats import Counters
-    from ._job import Job
     from ._ordered import Reorder
 
 
@@ -33,12 +32,19 @@ if TYPE_CHECKING:
 class Batcher:
     """The batching of one job in one run (private)."""
 
-    __slots__ = ("counters", "gate", "reorder", "size", "timeout")
+    __slots__ = ("counters", "gate", "receive", "reorder", "size", "timeout")
 
-    def __init__(self, batch: Batch, counters: Counters, reorder: Reorder | None) -> None:
+    def __init__(
+        self,
+        batch: Batch,
+        counters: Counters,
+        receive: MemoryObjectReceiveStream[Any],
+        reorder: Reorder | None,
+    ) -> None:
         self.size = batch.size
         self.timeout = batch.timeout
         self.counters = counters
+        self.receive = receive  # the job's input queue
         self.reorder = reorder  # an ordered job's window: batches are numbered
         # Held by the one worker (or the doorman) that waits for input to gather.
         self.gate = anyio.Lock()
@@ -91,8 +97,10 @@ class Batcher:
             self.counters.received += 1
             yielded = False
 
-    async def take(self, job: Job, worker: Worker) -> Any:
+    async def take(self, worker: Worker) -> Any:
         """Take the next batch: a :class:`Taken` (numbered, for an ordered job), or :data:`NOTHING`.
+
+        Raises :exc:`~anyio.EndOfStream` once the input has ended with no item taken.
 
         Without waiting, a worker takes a full batch when nobody is gathering and
         the queue holds one (and, ordered, the reorder window has room).
@@ -107,8 +115,8 @@ class Batcher:
             return NOTHING
         batcher = self
         reorder = self.reorder
-        counters = job.counters
-        receive = job.receive
+        counters = self.counters
+        receive = self.receive
         gate = batcher.gate
         items: list[Any] = []
         if not gate.locked() and (reorder is None or reorder.has_room()):
@@ -116,8 +124,7 @@ class Batcher:
             if len(items) == batcher.size or (ended and items):
                 return self._taken(items)
             if ended:
-                job.input_ended = True
-                return NOTHING
+                raise EndOfStream
             if items:
                 gate.acquire_nowait()
         if not items:
@@ -137,10 +144,6 @@ class Batcher:
                 since = counters.enter_idle()
                 try:
                     items.append(await receive.receive())
-                except EndOfStream:
-                    gate.release()
-                    job.input_ended = True
-                    return NOTHING
                 except BaseException:
                     gate.release()
                     raise
@@ -165,15 +168,15 @@ class Batcher:
         finally:
             gate.release()
 
-    async def first(self, job: Job) -> Taken:
+    async def first(self) -> Taken:
         """The doorman's take: gather the first batch under the gate, like a worker.
 
         Raises :exc:`~anyio.EndOfStream` if the input ends before its first item.
         """
         async with self.gate:
-            items = [await job.receive.receive()]
+            items = [await self.receive.receive()]
             self.counters.received += 1
-            await self.complete(items, job.receive)
+            await self.complete(items, self.receive)
             return self._taken(items)
 
     def _taken(self, items: list[Any]) -> Taken:

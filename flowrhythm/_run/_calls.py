@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, final
 
 import anyio
 
-from .._adaptive import Held, JobSlots, retry_wait
-from .._errors import StopProcessing
+from .._adaptive import Held, JobSlots
+from .._errors import Overloaded, StopProcessing
 
 if TYPE_CHECKING:
     from .._options import JobOptions, Retry
@@ -322,3 +322,15 @@ def _wrap_gen(
             attempt += 1
 
     return generate
+
+
+def retry_wait(retry: Retry, attempt: int, exc: BaseException) -> float:
+    """Seconds before the attempt after ``attempt`` (counted from 1) that raised ``exc``.
+
+    The back-off of ``retry``, or the ``retry_after`` of an :class:`Overloaded`
+    if it is longer.
+    """
+    delay = retry.wait(attempt - 1)
+    if isinstance(exc, Overloaded) and exc.retry_after is not None:
+        delay = max(delay, exc.retry_after)
+    return delay

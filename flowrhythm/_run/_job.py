@@ -8,7 +8,8 @@ worker has left, which is how end of input travels down the flow in order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
 from anyio import BrokenResourceError, WouldBlock
@@ -25,7 +26,28 @@ from ._ordered import Reorder
 
 if TYPE_CHECKING:
     from .._options import JobSpec, RouterSpec
-    from ._run import Run
+    from .._scaling import ScalingEvent
+
+
+class RunOfJob(Protocol):
+    """What a job, its pool and its workers use of their run.
+
+    The run itself (:class:`flowrhythm._run._run.Run`) is one; naming only this
+    keeps the imports pointing one way, from the run down to its jobs.
+    """
+
+    clock: Callable[[], float]  #: the event loop's clock, looked up once per run
+    timer: Callable[[], float]  #: what times the calls (see call_timer), chosen once per run
+    started_at: float  #: the loop's time when the run started
+    stopped: bool  #: the run was cancelled: stopped, failed or left early
+    ended_at: float | None  #: when every job had drained
+    error_job: Job | None
+    jobs: list[Job]  #: the jobs of the flow in order, without the error job
+    on_scale: Callable[[ScalingEvent], object] | None
+
+    def job_finished(self) -> None: ...
+    def end_input(self) -> None: ...
+    def fail(self, error: Exception, cause: BaseException) -> None: ...
 
 
 @final
@@ -70,7 +92,7 @@ class Job:
 
     def __init__(
         self,
-        run: Run,
+        run: RunOfJob,
         spec: JobSpec | RouterSpec,
         receive: MemoryObjectReceiveStream[Any],
         send: MemoryObjectSendStream[Any] | None,
@@ -93,12 +115,12 @@ class Job:
         # One worker keeps the order by itself: such a job runs the plain loop.
         max_workers = spec.capacity.max_workers
         self.reorder = (
-            Reorder(2 * max_workers, self.counters)
+            Reorder(2 * max_workers, self.counters, receive)
             if options.ordered and max_workers > 1
             else None
         )
         self.batcher = (
-            Batcher(options.batch, self.counters, self.reorder)
+            Batcher(options.batch, self.counters, receive, self.reorder)
             if options.batch is not None
             else None
         )

@@ -231,7 +231,11 @@ async def work_general(
     while True:
         # -- take an input ------------------------------------------------------------
         if taken is NOTHING:
-            taken = await intake.take(job, worker)
+            try:
+                taken = await intake.take(worker)
+            except EndOfStream:
+                job.input_ended = True
+                return
             if taken is NOTHING:
                 return
         item, seq, weight = taken.item, taken.seq, taken.weight
@@ -309,7 +313,11 @@ async def work_ordered(
                     seq = reorder.next_seq
                     reorder.next_seq = seq + 1
             if item is NOTHING:
-                taken = await reorder.take(job, worker)
+                try:
+                    taken = await reorder.take(worker)
+                except EndOfStream:
+                    job.input_ended = True
+                    return
                 if taken is NOTHING:
                     return
                 item, seq = taken.item, taken.seq

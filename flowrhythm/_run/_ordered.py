@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
-from anyio import EndOfStream, WouldBlock
+from anyio import WouldBlock
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._worker import LEAVING, NOTHING, Taken, Worker
 
 if TYPE_CHECKING:
     from .._stats import Counters
-    from ._job import Job
 
 
 @final
@@ -38,14 +38,18 @@ class Reorder:
         "lock",
         "next_seq",
         "parked",
+        "receive",
         "receiving",
         "space",
         "window",
     )
 
-    def __init__(self, window: int, counters: Counters) -> None:
+    def __init__(
+        self, window: int, counters: Counters, receive: MemoryObjectReceiveStream[Any]
+    ) -> None:
         self.window = window
         self.counters = counters
+        self.receive = receive  # the job's input queue
         self.next_seq = 0  # the number the next input gets
         self.head = 0  # the next number to release
         # seq -> (outputs, items completed by them)
@@ -116,8 +120,10 @@ class Reorder:
             self.space.set()
             self.space = None
 
-    async def take(self, job: Job, worker: Worker) -> Any:
+    async def take(self, worker: Worker) -> Any:
         """Take the next input: a numbered :class:`Taken`, or :data:`NOTHING` to leave.
+
+        Raises :exc:`~anyio.EndOfStream` once the input has ended.
 
         Inputs are numbered (and counted as received) the instant they leave the
         queue. Without waiting, a worker takes one whenever the window has room and
@@ -131,16 +137,13 @@ class Reorder:
         if worker.retirement:
             return NOTHING
         reorder = self
-        receive = job.receive
-        counters = job.counters
+        receive = self.receive
+        counters = self.counters
         if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
             try:
                 item = receive.receive_nowait()
             except WouldBlock:
                 pass
-            except EndOfStream:
-                job.input_ended = True
-                return NOTHING
             else:
                 counters.received += 1
                 return Taken(item, reorder.number())
@@ -170,9 +173,6 @@ class Reorder:
                     counters.received += 1
                     seq = reorder.number()
                     break
-                except EndOfStream:
-                    job.input_ended = True
-                    return NOTHING
                 finally:
                     lock.release()
         finally:
@@ -182,13 +182,13 @@ class Reorder:
             return NOTHING
         return Taken(item, seq)
 
-    async def first(self, job: Job) -> Taken:
+    async def first(self) -> Taken:
         """The doorman's take: wait for the first input, count it and number it.
 
         Raises :exc:`~anyio.EndOfStream` if the input ends instead.
         """
-        item = await job.receive.receive()
+        item = await self.receive.receive()
         # Counted and numbered the instant it leaves the queue: the new worker
         # may take a while to open, and the run may be cancelled.
-        job.counters.received += 1
+        self.counters.received += 1
         return Taken(item, self.number())

@@ -174,7 +174,7 @@ class Pool:
                 # take a while to open, and the run may be cancelled.
                 job.counters.received += 1
             else:  # numbered, or gathered into the first batch, by the intake
-                item = await intake.first(job)
+                item = await intake.first()
         except EndOfStream:
             job.input_ended = True
             if not self.workers:
