@@ -246,6 +246,8 @@ RECENT_CALLS = 64
 SUSPECT_RATIO = 1.5
 #: Ticks of evidence kept.
 KEEP_TICKS = 512
+#: Ticks over which the event loop's lateness is averaged.
+LATE_TICKS = 8
 
 
 @final
@@ -351,6 +353,7 @@ class UtilizationStrategy:
         # Call durations in logarithms: (calls, sum, sum of squares) of the first
         # calls (the reference), and per tick over the recent ones.
         self._reference = _Logs()
+        self._reference_late = 0.0  # the event loop's lateness while the first calls ran
         self._recent: deque[_Logs] = deque()
         self._level = _Level(0, 0.0)
         # The guard.
@@ -365,7 +368,7 @@ class UtilizationStrategy:
     # -- evidence ---------------------------------------------------------------------
 
     def _observe(self, sample: ScalingSample) -> None:
-        self._ticks.append(_Tick(sample))
+        self._ticks.append(_Tick(sample, _knobs(sample).sampling))
         if not sample.calls:
             return
         tick = _Logs(sample.calls, sample.call_logs, sample.call_log_squares)
@@ -374,6 +377,7 @@ class UtilizationStrategy:
             self._reference = _Logs(
                 sample.first_calls, sample.first_call_logs, sample.first_call_log_squares
             )
+            self._reference_late = self._late()
         recent = self._recent
         recent.append(tick)
         while len(recent) > 1 and sum(t.n for t in recent) - recent[0].n >= RECENT_CALLS:
@@ -406,12 +410,28 @@ class UtilizationStrategy:
             return (age if age > 0 else None), 0
         return max(measured, age), ended
 
+    def _late(self) -> float:
+        """How late the event loop has woken the scaler: the median over the last ticks.
+
+        Every timer of a busy event loop fires that much late, a call's
+        included: with millisecond calls and a loop kept busy by many workers,
+        calls take longer for that alone (in virtual time the lateness is zero).
+        The median, so that one stall of the machine does not sway it.
+        """
+        ticks = self._ticks
+        late = sorted(ticks[-i].late for i in range(1, min(LATE_TICKS, len(ticks)) + 1))
+        return late[len(late) // 2] if late else 0.0
+
     def _suspicion(self) -> tuple[float, float]:
         """Do recent calls take longer than the first ones did, with confidence?
 
         Compares geometric means (a heavy tail does not sway them): returns
         ``(bound, scale)``, the ratio of the recent to the first calls' geometric
-        mean, less :data:`CONFIDENCE` standard errors, and the plain ratio.
+        mean, less :data:`CONFIDENCE` standard errors, and the plain ratio. The
+        event loop's lateness, as much as it has grown since the first calls,
+        is added to the first calls' duration: a loop that wakes every timer
+        late (a busy loop, a coarse timer) makes calls longer without any limit
+        in the processor, and fewer workers would not make it wake sooner.
         """
         reference = self._reference
         recent = _Logs()
@@ -425,6 +445,10 @@ class UtilizationStrategy:
         )
         difference = recent.mean() - reference.mean()
         error = spread * math.sqrt(1 / reference.n + 1 / recent.n)
+        late = max(self._late() - self._reference_late, 0.0)
+        if late > 0:
+            first = math.exp(reference.mean())
+            difference -= math.log((first + late) / first)
         return math.exp(difference - CONFIDENCE * error), math.exp(difference)
 
     # -- deciding -----------------------------------------------------------------------
@@ -718,10 +742,11 @@ class UtilizationStrategy:
 class _Tick:
     """What the strategy keeps of one sample."""
 
-    __slots__ = ("active", "arrivals", "depth", "ended", "interval", "retried", "time")
+    __slots__ = ("active", "arrivals", "depth", "ended", "interval", "late", "retried", "time")
 
-    def __init__(self, sample: ScalingSample) -> None:
+    def __init__(self, sample: ScalingSample, sampling: float) -> None:
         self.time = sample.time
+        self.late = max(sample.interval - sampling, 0.0)  # how late the loop woke the scaler
         self.depth = sample.queue_depth
         self.interval = sample.interval
         self.active = sample.active
