@@ -480,7 +480,7 @@ class UtilizationStrategy:
             # Settled once a service time has passed and as many calls have
             # ended as were running before or after: the calls in flight at the
             # change, and the new workers' first calls, are behind it.
-            level = self._level = _Level(workers, sample.time, max(workers, level.workers))
+            level = self._level = _Level(workers, sample.time, workers + level.workers)
         else:
             level.seen += sample.completed
         settled = sample.time - level.since >= settle and level.seen >= level.pending
@@ -687,7 +687,14 @@ class UtilizationStrategy:
         # Still unsure after many calls: the smaller change is kept (back up
         # after a probe down, back down after a step up of +25%).
         unsure = level.calls >= 8 * self.min_judged
-        if probe.down:
+        if probe.down and self._descending:
+            # Locating a limit already found, a step down that cost throughput is
+            # below it: every call there costs, so a loss of half the bar is enough
+            # (and is looked at first), which ends the costly probe sooner.
+            cost = old_rate + self.ineffective_gain / 2 * (expected - old_rate)
+            clear = rate * (1 + noise) < cost or unsure
+            plateau = not clear and rate * (1 - noise) >= threshold
+        elif probe.down:
             plateau = rate * (1 - noise) >= threshold
             clear = rate * (1 + noise) < threshold or unsure
         else:
