@@ -384,11 +384,12 @@ class UtilizationStrategy:
             recent.popleft()
 
     def _service(self, sample: ScalingSample) -> tuple[float | None, int]:
-        """Seconds one call takes, and the completed calls behind the estimate.
+        """Seconds one call takes, and the calls behind the estimate.
 
         The mean duration of the last :data:`SERVICE_CALLS` calls timed (or
         active worker-time per completed item before any call was timed), and at
-        least the mean age of the calls still running.
+        least the mean age of the calls still running. Behind it: the calls that
+        ended, and the calls running, each counted by the share of a call it has run.
         """
         active = 0.0
         ended = 0
@@ -408,7 +409,13 @@ class UtilizationStrategy:
         age = sample.mean_running_age
         if measured is None:
             return (age if age > 0 else None), 0
-        return max(measured, age), ended
+        # A call that has run as long as calls take is as good a sample of the
+        # duration as one that ended (it tells at least as much): the calls
+        # running count by how much of a call they have seen. Calls started
+        # when the scaler grew the job end just after one of its later ticks,
+        # not on it, so without them a ramp would wait a tick for its evidence.
+        seen = min(age / measured, 1.0) if measured > 0 else 1.0
+        return max(measured, age), ended + math.floor(sample.running * seen)
 
     def _late(self) -> float:
         """How late the event loop has woken the scaler: the median over the last ticks.
@@ -692,8 +699,9 @@ class UtilizationStrategy:
             # below it: every call there costs, so a loss of half the bar is enough
             # (and is looked at first), which ends the costly probe sooner.
             cost = old_rate + self.ineffective_gain / 2 * (expected - old_rate)
-            clear = rate * (1 + noise) < cost or unsure
+            clear = rate * (1 + noise) < cost
             plateau = not clear and rate * (1 - noise) >= threshold
+            clear = clear or (unsure and not plateau)
         elif probe.down:
             plateau = rate * (1 - noise) >= threshold
             clear = rate * (1 + noise) < threshold or unsure
