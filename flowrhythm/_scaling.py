@@ -275,8 +275,9 @@ class UtilizationStrategy:
       four ticks or four service times, whichever is more), or the busy workers
       if more while the input queue is at least half full and not draining, and
       so holds the source back; the backlog drains within ``drain_time`` call
-      durations. With fewer than 8 completed calls behind
-      the estimate a step is at most ``max(2 * workers, workers + 3)``; with
+      durations. With fewer than 8 calls behind the estimate (those that
+      ended, and those running, each by the share of a call it has run) a
+      step is at most ``max(2 * workers, workers + 3)``; with
       that many it goes straight to the target. A next job at its maximum
       bounds a step to what it can take at its upper threshold (from its busy
       share and this job's output rate).
@@ -288,20 +289,24 @@ class UtilizationStrategy:
     * **Hidden limits** (a semaphore in the processor, a service that queues
       calls): more workers then make every call longer and bring nothing. Once
       the worker count has settled (a service time since it changed, and as
-      many calls ended as were running) and 64 calls take at
-      least 1.5 times as long as the job's first
-      32 calls did (geometric means, with confidence), the
-      job probes down to about ``1.25 *`` the concurrency the durations
+      many calls ended as were running before and after the change) and
+      64 calls take at least 1.5 times as long as the job's first 32 calls
+      did (geometric means, with confidence, and the first calls' duration
+      counted with as much more as the event loop now wakes the scaler later
+      than it did then: a busy loop makes every call longer, and fewer
+      workers would not make it wake sooner), the job probes down to about ``1.25 *`` the concurrency the durations
       suggest. If, with ``min_judged`` calls at the lower count, the throughput
       (busy workers over the mean call duration) lost less than
       ``ineffective_gain`` of what the removed workers should have carried, with
       confidence, the limit is confirmed: the job stays there, capped, and
-      probes on down by quarters until a step down costs throughput. A capped
+      probes on down by quarters until a step down costs throughput (a
+      quarter of what the removed workers should have carried). A capped
       job tries a step of +25% after ``probe_after`` service times, doubling up
       to ``max_probe_after`` while steps keep failing. A refuted suspicion goes
       straight back and waits ``probe_after`` service times (doubling) before
       the next. No verdict comes while workers are on their first call, and the
-      guard never fires while call durations stay as they were. Every probe
+      guard never fires while call durations stay as they were (or grow by
+      no more than the event loop's lateness). Every probe
       and cap is a scaling event with its reason.
 
     Args:
@@ -485,8 +490,9 @@ class UtilizationStrategy:
         level = self._level
         if workers != level.workers:
             # Settled once a service time has passed and as many calls have
-            # ended as were running before or after: the calls in flight at the
-            # change, and the new workers' first calls, are behind it.
+            # ended as were running before and after, together: the calls in
+            # flight at the change, and the calls that queued behind them (in
+            # a hidden limit's queue built by the old count), are behind it.
             level = self._level = _Level(workers, sample.time, workers + level.workers)
         else:
             level.seen += sample.completed
