@@ -299,8 +299,9 @@ class UtilizationStrategy:
       (busy workers over the mean call duration) lost less than
       ``ineffective_gain`` of what the removed workers should have carried, with
       confidence, the limit is confirmed: the job stays there, capped, and
-      probes on down by quarters until a step down costs throughput (a
-      quarter of what the removed workers should have carried). A capped
+      probes on down by quarters until a step down costs throughput (still
+      unsure after ``4 * min_judged`` calls there, it keeps the higher
+      count: every call below the limit costs). A capped
       job tries a step of +25% after ``probe_after`` service times, doubling up
       to ``max_probe_after`` while steps keep failing. A refuted suspicion goes
       straight back and waits ``probe_after`` service times (doubling) before
@@ -358,7 +359,9 @@ class UtilizationStrategy:
         # Call durations in logarithms: (calls, sum, sum of squares) of the first
         # calls (the reference), and per tick over the recent ones.
         self._reference = _Logs()
-        self._reference_late = 0.0  # the event loop's lateness while the first calls ran
+        # The least the event loop has woken the scaler late: the loop's own lateness,
+        # which the first calls had too (one tick's is a poor measure of it).
+        self._least_late = math.inf
         self._recent: deque[_Logs] = deque()
         self._level = _Level(0, 0.0)
         # The guard.
@@ -373,7 +376,9 @@ class UtilizationStrategy:
     # -- evidence ---------------------------------------------------------------------
 
     def _observe(self, sample: ScalingSample) -> None:
-        self._ticks.append(_Tick(sample, _knobs(sample).sampling))
+        kept = _Tick(sample, _knobs(sample).sampling)
+        self._ticks.append(kept)
+        self._least_late = min(self._least_late, kept.late)
         if not sample.calls:
             return
         tick = _Logs(sample.calls, sample.call_logs, sample.call_log_squares)
@@ -382,7 +387,6 @@ class UtilizationStrategy:
             self._reference = _Logs(
                 sample.first_calls, sample.first_call_logs, sample.first_call_log_squares
             )
-            self._reference_late = self._late()
         recent = self._recent
         recent.append(tick)
         while len(recent) > 1 and sum(t.n for t in recent) - recent[0].n >= RECENT_CALLS:
@@ -440,8 +444,8 @@ class UtilizationStrategy:
         Compares geometric means (a heavy tail does not sway them): returns
         ``(bound, scale)``, the ratio of the recent to the first calls' geometric
         mean, less :data:`CONFIDENCE` standard errors, and the plain ratio. The
-        event loop's lateness, as much as it has grown since the first calls,
-        is added to the first calls' duration: a loop that wakes every timer
+        event loop's lateness, beyond the least it has ever been, is added to
+        the first calls' duration: a loop that wakes every timer
         late (a busy loop, a coarse timer) makes calls longer without any limit
         in the processor, and fewer workers would not make it wake sooner.
         """
@@ -457,7 +461,7 @@ class UtilizationStrategy:
         )
         difference = recent.mean() - reference.mean()
         error = spread * math.sqrt(1 / reference.n + 1 / recent.n)
-        late = max(self._late() - self._reference_late, 0.0)
+        late = max(self._late() - self._least_late, 0.0)
         if late > 0:
             first = math.exp(reference.mean())
             difference -= math.log((first + late) / first)
@@ -701,14 +705,11 @@ class UtilizationStrategy:
         # after a probe down, back down after a step up of +25%).
         unsure = level.calls >= 8 * self.min_judged
         if probe.down and self._descending:
-            # Locating a limit already found, a step down that cost throughput is
-            # below it: every call there costs, so a loss of half the bar is enough
-            # (and is looked at first), which ends the costly probe sooner.
-            cost = old_rate + self.ineffective_gain / 2 * (expected - old_rate)
-            clear = rate * (1 + noise) < cost
-            plateau = not clear and rate * (1 - noise) >= threshold
-            clear = clear or (unsure and not plateau)
-        elif probe.down:
+            # Locating a limit already found: every call below it costs, so doubt
+            # ends sooner, at the higher count (a step of a quarter down from just
+            # above the limit loses little, and would take long to tell).
+            unsure = level.calls >= 4 * self.min_judged
+        if probe.down:
             plateau = rate * (1 - noise) >= threshold
             clear = rate * (1 + noise) < threshold or unsure
         else:

@@ -14,9 +14,9 @@ Three rules, each found by running the scaling matrix in real time:
   changed (as many as ran before the change and as ran after): the calls that
   waited behind a queue built by the old count are then behind it, and the rate
   at each count is measured without their bias (virtual time, both backends);
-* while the guard locates a limit it has already found, a step down that costs a
-  quarter of the removed workers' share is below the limit: the costly probe ends
-  within a few call durations (virtual time, both backends).
+* while the guard locates a limit it has already found, doubt about a step down
+  ends after half as many calls as elsewhere, at the higher count: every call
+  below the limit costs (virtual time, both backends).
 """
 
 from __future__ import annotations
@@ -194,8 +194,11 @@ def test_a_step_below_a_found_limit_is_called_off_within_a_few_calls(
 ) -> None:
     auto = run(backend, constant(call), AUTO, items, limit=8)
     start, end = probe_below(auto)
-    # A few call durations, or the scaler's ticks (0.1 s) the evidence needs.
-    assert end - start <= max(10 * call, 3 * 0.1) + 1e-9
+    # Doubt ends after 4 * 32 calls at the lower count (7 calls at once: 128 / 7 call
+    # durations), plus its settling (two generations of calls, and a service time);
+    # or the scaler's ticks (0.1 s) the evidence needs. It took 256 calls, 37 call
+    # durations of 500 ms, before.
+    assert end - start <= max((128 / 7 + 3) * call, 3 * 0.1) + 1e-9
     assert auto.final >= 8
 
 
