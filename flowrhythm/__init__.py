@@ -22,16 +22,17 @@ from ._processors import ProcessorFactory as ProcessorFactory
 from ._recorder import Timeline as Timeline
 from ._recorder import TimelinePoint as TimelinePoint
 from ._recorder import record as record
-from ._runtime import FlowResults as FlowResults
-from ._runtime import RunningFlow as RunningFlow
-from ._scaler import ScalingEvent as ScalingEvent
+from ._run._run import FlowResults as FlowResults
+from ._run._run import RunningFlow as RunningFlow
 from ._scaling import FixedStrategy as FixedStrategy
 from ._scaling import QueueDepthStrategy as QueueDepthStrategy
+from ._scaling import ScalingEvent as ScalingEvent
 from ._scaling import ScalingSample as ScalingSample
 from ._scaling import ScalingStrategy as ScalingStrategy
 from ._scaling import UtilizationStrategy as UtilizationStrategy
 from ._stats import FlowStats as FlowStats
 from ._stats import JobStats as JobStats
+from ._stats import StatsSource as StatsSource
 
 __all__ = [
     "Adaptive",
@@ -54,6 +55,7 @@ __all__ = [
     "ScalingEvent",
     "ScalingSample",
     "ScalingStrategy",
+    "StatsSource",
     "StopProcessing",
     "Strategy",
     "Timeline",

@@ -65,7 +65,6 @@ from ._errors import Overloaded, StopProcessing
 from ._validate import check_count
 
 if TYPE_CHECKING:
-    from ._options import Retry
     from ._stats import Counters
 
 logger = logging.getLogger("flowrhythm")
@@ -449,15 +448,3 @@ class JobSlots:
         """Workers worth having: the limit, a little headroom, and those backing off."""
         limit = self.adaptive.limit
         return limit + max(2, limit // 8) + self.counters.backing_off
-
-
-def retry_wait(retry: Retry, attempt: int, exc: BaseException) -> float:
-    """Seconds before the attempt after ``attempt`` (counted from 1) that raised ``exc``.
-
-    The back-off of ``retry``, or the ``retry_after`` of an :class:`Overloaded`
-    if it is longer.
-    """
-    delay = retry.wait(attempt - 1)
-    if isinstance(exc, Overloaded) and exc.retry_after is not None:
-        delay = max(delay, exc.retry_after)
-    return delay

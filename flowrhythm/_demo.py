@@ -33,8 +33,7 @@ from ._monitor import RECENT, default_console, monitor, render_stats
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ._runtime import RunningFlow
-    from ._stats import FlowStats
+    from ._stats import FlowStats, StatsSource
 
 #: Seconds the source offers URLs by default.
 DEFAULT_SECONDS = 20.0
@@ -262,7 +261,7 @@ async def run_demo(
         interval = 0.25 if live else 1.0
     frames: list[tuple[FlowStats, FlowStats | None]] = []
 
-    async def capture(running: RunningFlow, at: float) -> None:
+    async def capture(running: StatsSource, at: float) -> None:
         await anyio.sleep(max(at - RECENT, 0.0))
         before = running.stats()
         await anyio.sleep(min(RECENT, at))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Never, final
+from typing import Any, Never, final
 
 import attrs
 
@@ -20,70 +20,12 @@ from ._capacity import DEFAULT_CAPACITY, Capacity
 from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._monitor import monitor
 from ._offload import ExecutorSpec
-from ._options import Batch, JobOptions, Retry
+from ._options import Batch, JobOptions, JobSpec, Retry, RouterSpec, requalified, spec_names
 from ._processors import NO_LOCK, Stage, decorated, default_name
-from ._runtime import FlowResults, RunningFlow, open_run, start_run, stream_run
-from ._scaler import ScalingEvent
+from ._run._run import FlowResults, RunningFlow, open_run, start_run, stream_run
+from ._scaling import ScalingEvent
 from ._stats import FlowStats
 from ._validate import check_number, function_of
-
-
-@final
-@attrs.frozen
-class JobSpec:
-    """One job as defined on a flow (private)."""
-
-    is_router: ClassVar[bool] = False
-    name: str
-    stage: Stage
-    capacity: Capacity
-    options: JobOptions = attrs.field(factory=JobOptions)
-
-
-@final
-@attrs.frozen
-class RouterSpec:
-    """A router as defined on a flow (private): a job whose workers pick an arm per item.
-
-    ``arms`` maps each label to the job definitions of its arm, their names
-    already qualified (``route[html].parse``); an empty arm passes items through.
-    """
-
-    is_router: ClassVar[bool] = True
-    name: str
-    classify: Callable[[Any], Any]
-    is_async: bool
-    arms: dict[Any, tuple[JobSpec | RouterSpec, ...]]
-    default: Any
-    capacity: Capacity
-    options: JobOptions = attrs.field(factory=JobOptions)
-
-    def names(self) -> list[str]:
-        """The router's name and every name inside its arms, in flow order."""
-        return [
-            self.name,
-            *(n for arm in self.arms.values() for spec in arm for n in _names(spec)),
-        ]
-
-    def renamed(self, name: str) -> RouterSpec:
-        """The same router under another name, its arm jobs qualified anew."""
-        old, new = f"{self.name}[", f"{name}["
-        arms = {
-            label: tuple(_requalify(spec, old, new) for spec in arm)
-            for label, arm in self.arms.items()
-        }
-        return attrs.evolve(self, name=name, arms=arms)
-
-
-def _names(spec: JobSpec | RouterSpec) -> list[str]:
-    return spec.names() if isinstance(spec, RouterSpec) else [spec.name]
-
-
-def _requalify(spec: JobSpec | RouterSpec, old: str, new: str) -> JobSpec | RouterSpec:
-    name = new + spec.name[len(old) :] if spec.name.startswith(old) else spec.name
-    if isinstance(spec, RouterSpec):
-        return spec.renamed(name)
-    return attrs.evolve(spec, name=name)
 
 
 def _walk(specs: list[JobSpec | RouterSpec], depth: int = 0) -> list[tuple[int, str]]:
@@ -424,7 +366,7 @@ class Flow:
                 f"default must be one of the arms' labels {list(arms)!r}, got {default!r}"
             )
         router_name = self._name(classify, name)
-        taken = {n for spec in self._jobs for n in _names(spec)} | {router_name}
+        taken = {n for spec in self._jobs for n in spec_names(spec)} | {router_name}
         if self._error_job is not None:
             taken.add(self._error_job.name)
         built: dict[Any, tuple[JobSpec | RouterSpec, ...]] = {}
@@ -436,9 +378,9 @@ class Flow:
                 specs = [Flow().add(arm)._jobs[0]]
             tag = label if isinstance(label, str) and label.isidentifier() else repr(label)
             prefix = f"{router_name}[{tag}]."
-            qualified = tuple(_requalify(s, "", prefix) for s in specs)
+            qualified = tuple(requalified(s, "", prefix) for s in specs)
             for spec in qualified:
-                for n in _names(spec):
+                for n in spec_names(spec):
                     if n in taken:
                         raise ValueError(f"job name {n!r} is already used in this flow")
                     taken.add(n)
@@ -484,10 +426,10 @@ class Flow:
     def _fold(self, other: Flow) -> None:
         """Fold copies of ``other``'s job definitions in, renaming those already taken."""
         other._check_foldable("a job")
-        taken = {n for spec in self._specs() for n in _names(spec)}
+        taken = {n for spec in self._specs() for n in spec_names(spec)}
         for spec in list(other._jobs):
             candidate, n = spec, 1
-            while any(x in taken for x in _names(candidate)):
+            while any(x in taken for x in spec_names(candidate)):
                 n += 1
                 new = f"{spec.name}#{n}"
                 candidate = (
@@ -495,7 +437,7 @@ class Flow:
                     if isinstance(spec, RouterSpec)
                     else attrs.evolve(spec, name=new)
                 )
-            taken.update(_names(candidate))
+            taken.update(spec_names(candidate))
             self._jobs.append(candidate)
 
     def _spec(
@@ -511,7 +453,7 @@ class Flow:
         return JobSpec(self._name(processor, name), stage, _capacity(processor, capacity), options)
 
     def _name(self, processor: object, name: object) -> str:
-        taken = {n for spec in self._specs() for n in _names(spec)}
+        taken = {n for spec in self._specs() for n in spec_names(spec)}
         if name is None:
             name = decorated(processor, NAME_ATTR)
         if name is not None:

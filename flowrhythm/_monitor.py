@@ -32,8 +32,7 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
-    from ._runtime import FlowResults, RunningFlow
-    from ._stats import FlowStats, JobStats
+    from ._stats import FlowStats, JobStats, StatsSource
 
 #: Seconds: the bottleneck line looks at what the jobs did over about this long.
 RECENT = 5.0
@@ -452,7 +451,7 @@ def open_display(console: Console | None, plain: bool | None, title: str) -> Dis
 
 @contextlib.asynccontextmanager
 async def monitor(
-    running: RunningFlow | FlowResults,
+    running: StatsSource,
     *,
     interval: float | None = None,
     console: rich.console.Console | None = None,

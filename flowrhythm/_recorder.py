@@ -16,8 +16,7 @@ import attrs
 from ._validate import check_count, check_number
 
 if TYPE_CHECKING:
-    from ._runtime import FlowResults, RunningFlow
-    from ._stats import FlowStats
+    from ._stats import FlowStats, StatsSource
 
 
 @final
@@ -100,7 +99,7 @@ class Timeline:
 
 
 def record(
-    running: RunningFlow | FlowResults, *, interval: float = 0.1, max_samples: int = 10_000
+    running: StatsSource, *, interval: float = 0.1, max_samples: int = 10_000
 ) -> contextlib.AbstractAsyncContextManager[Timeline]:
     """Sample ``running.stats()`` every ``interval`` seconds while the block runs.
 
@@ -128,7 +127,7 @@ def record(
 
 @contextlib.asynccontextmanager
 async def _recording(
-    running: RunningFlow | FlowResults, interval: float, max_samples: int
+    running: StatsSource, interval: float, max_samples: int
 ) -> AsyncIterator[Timeline]:
     timeline = Timeline(max_samples)
 

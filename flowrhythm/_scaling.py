@@ -877,3 +877,30 @@ def make_strategy(spec: Strategy | Callable[[], ScalingStrategy]) -> ScalingStra
     if not callable(getattr(strategy, "decide", None)):
         raise TypeError(f"strategy factory {spec!r} returned {strategy!r}, which has no decide()")
     return strategy
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ScalingEvent:
+    """One scaling decision: a change of a job's worker count, or a cap on it.
+
+    A strategy that keeps the count but gives a new reason (the default
+    strategy does so when it confirms a hidden limit and caps the job where it
+    is) makes an event with ``old == new``; it counts as neither a scale-up nor
+    a scale-down. The same reason again, with the count kept, makes none.
+
+    Attributes:
+        job: the job's name.
+        time: the event loop's clock when it was decided.
+        old: workers before.
+        new: workers after.
+        reason: why, in words.
+
+    .. versionadded:: 1.0
+    """
+
+    job: str
+    time: float
+    old: int
+    new: int
+    reason: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import final
+from typing import Protocol, final
 
 import attrs
 
@@ -292,3 +292,16 @@ class FlowStats:
         .. versionadded:: 1.0
         """
         return report(self, width)
+
+
+class StatsSource(Protocol):
+    """Anything with ``stats() -> FlowStats``: what :func:`monitor`, :func:`record` and the
+    Prometheus collector read.
+
+    A :class:`RunningFlow` (from :meth:`Flow.start`), or the :class:`FlowResults`
+    of :meth:`Flow.stream`.
+
+    .. versionadded:: 1.0
+    """
+
+    def stats(self) -> FlowStats: ...

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Protocol, final
+from typing import final
 
 import anyio
 import anyio.from_thread
@@ -58,22 +58,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._decorators import check_name
 from ._flow import Flow
-from ._stats import FlowStats
+from ._stats import FlowStats, StatsSource
 
-__all__ = ["FlowCollector", "StatsSource"]
+__all__ = ["FlowCollector"]
 
 #: Label names of the per-job metrics.
 JOB_LABELS = ("flow", "job")
-
-
-class StatsSource(Protocol):
-    """What :class:`FlowCollector` reads: anything with ``stats() -> FlowStats``.
-
-    A :class:`~flowrhythm.RunningFlow`, or the results of
-    :meth:`Flow.stream() <flowrhythm.Flow.stream>`.
-    """
-
-    def stats(self) -> FlowStats: ...
 
 
 def _flow_label(flow: object) -> str:

@@ -411,12 +411,12 @@ def conserved(stats: FlowStats, chain: list[str]) -> None:
 
 DEFECT_HAND_OVER = pytest.mark.xfail(
     strict=True,
-    reason="flowrhythm/_worker.py work() and _job.py Job.forward(): a worker blocked in "
+    reason="flowrhythm/_run/_loop.py work() and _run/_job.py Job.forward(): a worker blocked in "
     "`await send.send(result)` when the run is cancelled may see the cancellation although "
     "the next job's receive_nowait() already took the item (anyio memory streams: "
     "agronholm/anyio#728, PR #729 unmerged): the item is then counted in flight in both "
     "jobs, so the counters over-count the abandoned items. The same race makes "
-    "RunningFlow.send and the source feeder (_runtime.py Run.feed) skip "
+    "RunningFlow.send and the source feeder (_run/_run.py Run.feed) skip "
     "items_in += 1 for an item the first job did take. Fix upstream (receive_nowait "
     "skipping senders with a pending cancellation), or document the over-count",
 )

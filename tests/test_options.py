@@ -28,7 +28,7 @@ from anyio.lowlevel import checkpoint
 from hypothesis import strategies as st
 from trio.testing import MockClock
 
-import flowrhythm._ordered
+import flowrhythm._run._ordered
 from flowrhythm import (
     Batch,
     Capacity,
@@ -334,14 +334,14 @@ async def test_ordered_window_never_parks_more_than_it_holds(
 ) -> None:
     """Slow items among fast ones: finished outputs wait, never more than 2 x max_workers."""
     buffers: list[_WatchedParking] = []
-    original_init = flowrhythm._ordered.Reorder.__init__
+    original_init = flowrhythm._run._ordered.Reorder.__init__
 
-    def watched_init(self: flowrhythm._ordered.Reorder, *args: Any) -> None:
+    def watched_init(self: flowrhythm._run._ordered.Reorder, *args: Any) -> None:
         original_init(self, *args)
         self.parked = _WatchedParking()
         buffers.append(self.parked)
 
-    monkeypatch.setattr(flowrhythm._ordered.Reorder, "__init__", watched_init)
+    monkeypatch.setattr(flowrhythm._run._ordered.Reorder, "__init__", watched_init)
     rng = random.Random(11)
     sink = Sink()
 

@@ -18,7 +18,7 @@ import pytest
 from _support import HANG_GUARD, collect, run, wait_until
 from anyio.lowlevel import checkpoint
 
-import flowrhythm._ordered
+import flowrhythm._run._ordered
 from flowrhythm import (
     Capacity,
     ErrorItem,
@@ -78,14 +78,14 @@ class _WatchedParking(dict[int, Any]):
 def parked(monkeypatch: pytest.MonkeyPatch) -> list[_WatchedParking]:
     """The parked outputs of every reorder window made while the test runs."""
     windows: list[_WatchedParking] = []
-    original_init = flowrhythm._ordered.Reorder.__init__
+    original_init = flowrhythm._run._ordered.Reorder.__init__
 
-    def watched_init(self: flowrhythm._ordered.Reorder, *args: Any) -> None:
+    def watched_init(self: flowrhythm._run._ordered.Reorder, *args: Any) -> None:
         original_init(self, *args)
         self.parked = _WatchedParking()
         windows.append(self.parked)
 
-    monkeypatch.setattr(flowrhythm._ordered.Reorder, "__init__", watched_init)
+    monkeypatch.setattr(flowrhythm._run._ordered.Reorder, "__init__", watched_init)
     return windows
 
 

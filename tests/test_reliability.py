@@ -30,7 +30,7 @@ import trio
 from _support import HANG_GUARD, leaves
 from anyio.lowlevel import checkpoint
 
-import flowrhythm._job
+import flowrhythm._run._job
 from flowrhythm import (
     Capacity,
     ErrorItem,
@@ -499,13 +499,13 @@ async def test_end_of_input_with_many_workers_reaches_each_job_exactly_once(
     all items delivered, the run drained, every factory exited -- are checked too).
     """
     finishes: list[tuple[str, int, bool]] = []
-    original = flowrhythm._job.Job.finish
+    original = flowrhythm._run._job.Job.finish
 
     def finish(job: Any) -> None:
-        finishes.append((job.name, len(job.workers), job.finished))
+        finishes.append((job.name, job.counters.workers, job.finished))
         original(job)
 
-    monkeypatch.setattr(flowrhythm._job.Job, "finish", finish)
+    monkeypatch.setattr(flowrhythm._run._job.Job, "finish", finish)
 
     async def hop(item: int) -> int:
         if item % 3:

@@ -325,7 +325,7 @@ async def test_idle_job_returns_to_min_workers_after_the_cooldown() -> None:
 
 
 async def test_a_worker_retired_while_busy_leaves_after_its_item() -> None:
-    # _worker.py: "A worker is retired only at a safe point: while it waits for
+    # _run/_loop.py: "A worker is retired only at a safe point: while it waits for
     # input, or after the item it is processing." Four workers hold an item each
     # when the scaler asks three to leave; once those items end, only the one
     # staying worker may start another item.

@@ -11,46 +11,16 @@ finishes, so a run never waits for a scaler's sleep.
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import attrs
 
-from ._capacity import scaling_knobs
-from ._scaling import ScalingSample, make_strategy
+from .._capacity import scaling_knobs
+from .._scaling import ScalingSample, make_strategy
 
 if TYPE_CHECKING:
     from ._job import Job
-
-logger = logging.getLogger("flowrhythm")
-
-
-@final
-@attrs.frozen(kw_only=True)
-class ScalingEvent:
-    """One scaling decision: a change of a job's worker count, or a cap on it.
-
-    A strategy that keeps the count but gives a new reason (the default
-    strategy does so when it confirms a hidden limit and caps the job where it
-    is) makes an event with ``old == new``; it counts as neither a scale-up nor
-    a scale-down. The same reason again, with the count kept, makes none.
-
-    Attributes:
-        job: the job's name.
-        time: the event loop's clock when it was decided.
-        old: workers before.
-        new: workers after.
-        reason: why, in words.
-
-    .. versionadded:: 1.0
-    """
-
-    job: str
-    time: float
-    old: int
-    new: int
-    reason: str
+    from ._pool import Pool
 
 
 def _target(decision: Any, job: str) -> tuple[int, str]:
@@ -65,8 +35,9 @@ def _target(decision: Any, job: str) -> tuple[int, str]:
     return decision, reason
 
 
-async def run_scaler(job: Job) -> None:
-    """Scale ``job`` until its input ends."""
+async def run_scaler(pool: Pool) -> None:
+    """Scale ``pool``'s job until its input ends."""
+    job = pool.job
     capacity = job.spec.capacity
     knobs = scaling_knobs(capacity)
     strategy = make_strategy(knobs.strategy)
@@ -101,7 +72,7 @@ async def run_scaler(job: Job) -> None:
             active, idle, blocked = counters.seconds(now)
             ended, received = counters.ended, counters.received
             depth = receive.statistics().current_buffer_used
-            workers = job.worker_count
+            workers = pool.size
             down = downstream.statistics() if downstream is not None else None
             latency = counters.latency
             timed = latency.count
@@ -160,7 +131,7 @@ async def run_scaler(job: Job) -> None:
             timed0, total0, squares0 = timed, latency.total, latency.squares
             logs0, log_squares0 = latency.logs, latency.log_squares
             down0 = down_active
-            if not job.workers:
+            if not pool.workers:
                 continue  # the doorman starts the first worker when input arrives
             target, reason = _target(strategy.decide(sample), job.name)
             if job.slots is not None:
@@ -170,17 +141,10 @@ async def run_scaler(job: Job) -> None:
                 if target > cap or (target < cap and depth > 0):
                     target, reason = cap, "the concurrency limit"
             target = min(max(target, low), high)
-            if target > workers:
-                added = job.grow(target - workers)
-                if added:
-                    counters.scale_ups += 1
-                    job.run.scaled(job, workers, workers + added, reason)
-            elif target < workers:
-                job.shrink(workers - target)
-                counters.scale_downs += 1
-                job.run.scaled(job, workers, target, reason)
+            if target != workers:
+                pool.resize(target, reason)
             elif reason and reason != said:
-                job.run.scaled(job, workers, workers, reason)  # a cap, or a verdict
+                pool.resized(workers, workers, reason)  # a cap, or a verdict
             if target != workers or reason:
                 said = reason
 
@@ -198,13 +162,3 @@ def _quantile(ordered: list[float], q: float) -> float | None:
     if not ordered:
         return None
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-def log_scaling(event: ScalingEvent) -> None:
-    logger.debug(
-        "job %s: workers %d -> %d (%s)",
-        event.job,
-        event.old,
-        event.new,
-        event.reason or "strategy",
-    )

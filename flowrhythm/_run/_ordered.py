@@ -18,9 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
+from anyio import WouldBlock
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._worker import LEAVING, NOTHING, Taken, Worker
 
 if TYPE_CHECKING:
-    from ._stats import Counters
+    from .._stats import Counters
 
 
 @final
@@ -34,21 +38,25 @@ class Reorder:
         "lock",
         "next_seq",
         "parked",
+        "receive",
         "receiving",
         "space",
         "window",
     )
 
-    def __init__(self, window: int, counters: Counters) -> None:
+    def __init__(
+        self, window: int, counters: Counters, receive: MemoryObjectReceiveStream[Any]
+    ) -> None:
         self.window = window
         self.counters = counters
+        self.receive = receive  # the job's input queue
         self.next_seq = 0  # the number the next input gets
         self.head = 0  # the next number to release
         # seq -> (outputs, items completed by them)
         self.parked: dict[int, tuple[list[Any], int]] = {}
         self.draining = False
         self.space: anyio.Event | None = None
-        # Held by the one worker that waits for the next input (see take_in_order).
+        # Held by the one worker that waits for the next input (see :meth:`take`).
         self.lock = anyio.Lock()
         # A worker is inside a waiting receive: the item it gets is not numbered yet.
         self.receiving = False
@@ -67,7 +75,7 @@ class Reorder:
             finally:
                 self.counters.leave_blocked(since)
 
-    def take(self) -> int:
+    def number(self) -> int:
         """Number the input just taken from the queue."""
         seq = self.next_seq
         self.next_seq = seq + 1
@@ -111,3 +119,76 @@ class Reorder:
         if self.space is not None:
             self.space.set()
             self.space = None
+
+    async def take(self, worker: Worker) -> Any:
+        """Take the next input: a numbered :class:`Taken`, or :data:`NOTHING` to leave.
+
+        Raises :exc:`~anyio.EndOfStream` once the input has ended.
+
+        Inputs are numbered (and counted as received) the instant they leave the
+        queue. Without waiting, a worker takes one whenever the window has room and
+        no worker is inside a waiting ``receive`` (whose item may already be on its
+        way to it, not yet numbered). Otherwise it waits for room (blocked), then
+        queues on the reorder lock (idle): the holder takes an input without waiting
+        if one is there, or else waits for one, and numbers it. Quick takes never
+        queue behind the lock, only behind a worker really waiting for input. A
+        worker in here holds no item, so retiring it is safe throughout.
+        """
+        if worker.retirement:
+            return NOTHING
+        reorder = self
+        receive = self.receive
+        counters = self.counters
+        if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
+            try:
+                item = receive.receive_nowait()
+            except WouldBlock:
+                pass
+            else:
+                counters.received += 1
+                return Taken(item, reorder.number())
+        lock = reorder.lock
+        worker.waiting = True
+        try:
+            while True:
+                await reorder.wait_for_room()  # blocked while the window is full
+                since = counters.enter_idle()
+                try:
+                    await lock.acquire()  # idle: another worker waits for input
+                finally:
+                    counters.leave_idle(since)
+                try:
+                    if not reorder.has_room():
+                        continue  # the window filled up meanwhile
+                    try:
+                        item = receive.receive_nowait()
+                    except WouldBlock:
+                        reorder.receiving = True
+                        since = counters.enter_idle()
+                        try:
+                            item = await receive.receive()
+                        finally:
+                            reorder.receiving = False
+                            counters.leave_idle(since)
+                    counters.received += 1
+                    seq = reorder.number()
+                    break
+                finally:
+                    lock.release()
+        finally:
+            worker.waiting = False
+        if worker.retirement is LEAVING:
+            worker.rescued = Taken(item, seq)
+            return NOTHING
+        return Taken(item, seq)
+
+    async def first(self) -> Taken:
+        """The doorman's take: wait for the first input, count it and number it.
+
+        Raises :exc:`~anyio.EndOfStream` if the input ends instead.
+        """
+        item = await self.receive.receive()
+        # Counted and numbered the instant it leaves the queue: the new worker
+        # may take a while to open, and the run may be cancelled.
+        self.counters.received += 1
+        return Taken(item, self.number())

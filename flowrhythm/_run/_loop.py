@@ -17,72 +17,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast, final
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio import EndOfStream, WouldBlock
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from ._errors import LastWorkItem, StopProcessing
-from ._timing import FIRST_CALLS
+from .._errors import LastWorkItem, StopProcessing
+from .._timing import FIRST_CALLS
+from ._worker import LEAVING, NOTHING, YIELD_EVERY, Taken, Worker
 
 if TYPE_CHECKING:
-    from ._batch import Batcher
-    from ._flow import RouterSpec
+    from .._options import RouterSpec
     from ._job import Job
-    from ._ordered import Reorder
-
-#: Items a worker may take without waiting before it yields to the scheduler.
-YIELD_EVERY: Final = 64
-
-#: Marks "no item" where ``None`` is a valid item.
-NOTHING: Final[Any] = object()
-
-
-@final
-class Worker:
-    """One worker task's handle: how a scaler retires it safely.
-
-    Each worker runs in its own cancel scope. :meth:`retire` cancels that scope
-    only while the worker waits for input, holding no item; otherwise it only
-    asks the worker to leave after its current item. ``leaving`` means the
-    retirement has taken effect and can no longer be withdrawn.
-    """
-
-    __slots__ = ("leaving", "rescued", "retiring", "scope", "waiting")
-
-    def __init__(self, *, retirable: bool = True) -> None:
-        # Only a worker of a scaling job can be retired, and so needs a scope.
-        self.scope: anyio.CancelScope | None = anyio.CancelScope() if retirable else None
-        self.waiting = False  # in the idle wait for input: safe to cancel
-        self.retiring = False
-        self.leaving = False
-        # An item that arrived just as the worker was retired (see wait_for_item).
-        self.rescued: Any = NOTHING
-
-    @property
-    def idle(self) -> bool:
-        return self.waiting
-
-    def retire(self) -> None:
-        """Ask the worker to stop at its next safe point (never mid-item)."""
-        self.retiring = True
-        if self.waiting:
-            self.leaving = True
-            assert self.scope is not None, "a worker of a job that does not scale is retired"
-            self.scope.cancel()
-
-    def revive(self) -> bool:
-        """Withdraw a retirement request that has not taken effect yet."""
-        if self.retiring and not self.leaving:
-            self.retiring = False
-            return True
-        return False
-
-    def renew(self) -> None:
-        """After a rescue: a fresh scope, and no longer retiring."""
-        self.scope = anyio.CancelScope()
-        self.retiring = self.leaving = False
 
 
 async def _check_cancel(job: Job, exc: BaseException) -> None:
@@ -115,7 +62,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
     returns it: then the item is kept in :attr:`Worker.rescued` for the worker
     task to process outside the cancelled scope.
     """
-    if worker.retiring:
+    if worker.retirement:
         return NOTHING
     counters = job.counters
     since = counters.enter_idle()
@@ -129,7 +76,7 @@ async def wait_for_item(job: Job, worker: Worker) -> Any:
         worker.waiting = False
         counters.leave_idle(since)
     counters.received += 1  # counted the instant it leaves the queue
-    if worker.leaving:
+    if worker.retirement is LEAVING:
         worker.rescued = item
         return NOTHING
     return item
@@ -233,7 +180,7 @@ async def work(
             await checkpoint()
 
         # -- receive the next item: without waiting if one is there ---------------
-        if worker.retiring:
+        if worker.retirement:
             return  # asked to leave: this is the safe point after an item
         try:
             item = receive_nowait()
@@ -252,36 +199,34 @@ async def work(
 async def work_general(
     job: Job, worker: Worker, fn: Callable[[Any], Any], is_gen: bool, item: Any = NOTHING
 ) -> None:
-    """The worker loop of a job with ``ordered=`` or ``batch=``.
+    """The worker loop of a batched job, or of an ordered job whose processor is a generator.
 
-    The same steps as :func:`work`, plus a sequence number and a parked list of
-    outputs per input (ordered), and item counts per batch (batch). Kept apart
-    so that plain jobs pay nothing for either.
+    The same steps as :func:`work`, with every input taken through the job's
+    intake (:meth:`Batcher.take <flowrhythm._run._batch.Batcher.take>` or
+    :meth:`Reorder.take <flowrhythm._run._ordered.Reorder.take>`) as one
+    :class:`Taken`: numbered (ordered) and weighed (a batch counts as its
+    items); an ordered job's outputs are parked until their turn. ``item`` is a
+    :class:`Taken` handed over by the doorman or rescued, or :data:`NOTHING`.
+    Kept apart so that plain jobs pay nothing for either.
     """
     counters = job.counters
     reorder = job.reorder
-    batcher = job.batcher
-    batched = batcher is not None
+    intake = job.intake
+    assert intake is not None  # plain jobs run `work`
     budget = YIELD_EVERY
+    taken: Any = item
 
     while True:
         # -- take an input ------------------------------------------------------------
-        seq = 0
-        if item is NOTHING:
-            if batcher is not None:
-                taken = await take_batch(job, worker, batcher, reorder)
-            else:
-                assert reorder is not None  # plain jobs run `work`
-                taken = await take_in_order(job, worker, reorder)
+        if taken is NOTHING:
+            try:
+                taken = await intake.take(worker)
+            except EndOfStream:
+                job.input_ended = True
+                return
             if taken is NOTHING:
                 return
-            if reorder is not None:
-                item, seq = taken
-            else:
-                item = taken
-        elif isinstance(item, Numbered):  # rescued, or handed over by the doorman
-            item, seq = item.item, item.seq
-        weight = len(item) if batched else 1
+        item, seq, weight = taken.item, taken.seq, taken.weight
 
         # -- process: outputs go downstream now, or park until their turn ---------------
         outputs: list[Any] | None = [] if reorder is not None else None
@@ -304,7 +249,7 @@ async def work_general(
         if reorder is not None:
             assert outputs is not None
             await reorder.release(seq, outputs, weight if ok else 0, job.forward)
-        item = NOTHING
+        taken = NOTHING
 
         budget -= 1
         if not budget:
@@ -335,13 +280,13 @@ async def work_ordered(
     last = LastWorkItem
     budget = YIELD_EVERY
     seq = 0
-    if isinstance(item, Numbered):  # rescued, or handed over by the doorman
+    if item.__class__ is Taken:  # rescued, or handed over by the doorman
         item, seq = item.item, item.seq
 
     while True:
         # -- take an input, numbered as it leaves the queue -----------------------------
         if item is NOTHING:
-            if worker.retiring:
+            if worker.retirement:
                 return  # asked to leave: this is the safe point after an item
             if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
                 try:
@@ -356,10 +301,14 @@ async def work_ordered(
                     seq = reorder.next_seq
                     reorder.next_seq = seq + 1
             if item is NOTHING:
-                taken = await take_in_order(job, worker, reorder)
+                try:
+                    taken = await reorder.take(worker)
+                except EndOfStream:
+                    job.input_ended = True
+                    return
                 if taken is NOTHING:
                     return
-                item, seq = taken
+                item, seq = taken.item, taken.seq
                 budget = YIELD_EVERY
 
         # -- process ------------------------------------------------------------------
@@ -417,156 +366,6 @@ async def work_ordered(
         if not budget:
             budget = YIELD_EVERY
             await checkpoint()
-
-
-@final
-class Numbered:
-    """An input and its sequence number, kept together across a rescue."""
-
-    __slots__ = ("item", "seq")
-
-    def __init__(self, item: Any, seq: int) -> None:
-        self.item = item
-        self.seq = seq
-
-
-async def take_in_order(job: Job, worker: Worker, reorder: Reorder) -> Any:
-    """Take the next input of an ordered job: ``(item, seq)``, or :data:`NOTHING`.
-
-    Inputs are numbered (and counted as received) the instant they leave the
-    queue. Without waiting, a worker takes one whenever the window has room and
-    no worker is inside a waiting ``receive`` (whose item may already be on its
-    way to it, not yet numbered). Otherwise it waits for room (blocked), then
-    queues on the reorder lock (idle): the holder takes an input without waiting
-    if one is there, or else waits for one, and numbers it. Quick takes never
-    queue behind the lock, only behind a worker really waiting for input. A
-    worker in here holds no item, so retiring it is safe throughout.
-    """
-    if worker.retiring:
-        return NOTHING
-    receive = job.receive
-    counters = job.counters
-    if not reorder.receiving and reorder.next_seq - reorder.head < reorder.window:
-        try:
-            item = receive.receive_nowait()
-        except WouldBlock:
-            pass
-        except EndOfStream:
-            job.input_ended = True
-            return NOTHING
-        else:
-            counters.received += 1
-            return item, reorder.take()
-    lock = reorder.lock
-    worker.waiting = True
-    try:
-        while True:
-            await reorder.wait_for_room()  # blocked while the window is full
-            since = counters.enter_idle()
-            try:
-                await lock.acquire()  # idle: another worker waits for input
-            finally:
-                counters.leave_idle(since)
-            try:
-                if not reorder.has_room():
-                    continue  # the window filled up meanwhile
-                try:
-                    item = receive.receive_nowait()
-                except WouldBlock:
-                    reorder.receiving = True
-                    since = counters.enter_idle()
-                    try:
-                        item = await receive.receive()
-                    finally:
-                        reorder.receiving = False
-                        counters.leave_idle(since)
-                counters.received += 1
-                seq = reorder.take()
-                break
-            except EndOfStream:
-                job.input_ended = True
-                return NOTHING
-            finally:
-                lock.release()
-    finally:
-        worker.waiting = False
-    if worker.leaving:
-        worker.rescued = Numbered(item, seq)
-        return NOTHING
-    return item, seq
-
-
-async def take_batch(job: Job, worker: Worker, batcher: Batcher, reorder: Reorder | None) -> Any:
-    """Take the next batch of a batched job, or :data:`NOTHING` when the worker should leave.
-
-    Returns the batch (a list), or ``(batch, seq)`` for an ordered job. Without
-    waiting, a worker takes a full batch when nobody is gathering and the queue
-    holds one (and, ordered, the reorder window has room). Otherwise it gathers
-    under the gate: it waits for room in the window (blocked), the gate and the
-    first item holding nothing (idle, and safe to retire), then completes the
-    batch holding its items (idle, and not cancelled by a retirement). A batch
-    is numbered before anyone else can take an input, and the window keeps the
-    room it had while the gate is held: only the gate holder numbers.
-    """
-    if worker.retiring:
-        return NOTHING
-    counters = job.counters
-    receive = job.receive
-    gate = batcher.gate
-    items: list[Any] = []
-    if not gate.locked() and (reorder is None or reorder.has_room()):
-        ended = batcher.take_ready(items, receive.receive_nowait)
-        if len(items) == batcher.size or (ended and items):
-            return items if reorder is None else (items, reorder.take())
-        if ended:
-            job.input_ended = True
-            return NOTHING
-        if items:
-            gate.acquire_nowait()
-    if not items:
-        worker.waiting = True
-        try:
-            while True:
-                if reorder is not None:
-                    await reorder.wait_for_room()  # blocked while the window is full
-                since = counters.enter_idle()
-                try:
-                    await gate.acquire()  # idle: another worker is gathering
-                finally:
-                    counters.leave_idle(since)
-                if reorder is None or reorder.has_room():
-                    break
-                gate.release()  # the window filled up meanwhile
-            since = counters.enter_idle()
-            try:
-                items.append(await receive.receive())
-            except EndOfStream:
-                gate.release()
-                job.input_ended = True
-                return NOTHING
-            except BaseException:
-                gate.release()
-                raise
-            finally:
-                counters.leave_idle(since)
-        finally:
-            worker.waiting = False
-        counters.received += 1
-    try:
-        if worker.leaving:
-            # Retired in the instant the first item came: the worker's scope is
-            # cancelled, so nothing may wait; the batch goes as it is.
-            batcher.take_ready(items, receive.receive_nowait)
-            worker.rescued = items if reorder is None else Numbered(items, reorder.take())
-            return NOTHING
-        since = counters.enter_idle()
-        try:
-            await batcher.complete(items, receive)
-        finally:
-            counters.leave_idle(since)
-        return items if reorder is None else (items, reorder.take())
-    finally:
-        gate.release()
 
 
 async def _process(
@@ -702,7 +501,7 @@ async def work_router(
             await checkpoint()
 
         # -- receive the next item: without waiting if one is there ---------------
-        if worker.retiring:
+        if worker.retirement:
             return  # asked to leave: this is the safe point after an item
         try:
             item = receive_nowait()

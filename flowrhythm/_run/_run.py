@@ -22,14 +22,16 @@ from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import ErrorItem, LastWorkItem
+from .._errors import ErrorItem, LastWorkItem
+from .._scaling import ScalingEvent
+from .._stats import FlowStats
 from ._job import Job, Route
-from ._scaler import ScalingEvent, log_scaling
-from ._stats import FlowStats
+from ._pool import Pool
+from ._scaler import run_scaler
 from ._worker import YIELD_EVERY
 
 if TYPE_CHECKING:
-    from ._flow import JobSpec, RouterSpec
+    from .._options import JobSpec, RouterSpec
 
 
 def _last_queue_length(specs: Sequence[JobSpec | RouterSpec]) -> int:
@@ -175,7 +177,10 @@ class Run:
     def start(self, task_group: TaskGroup) -> None:
         self.task_group = task_group
         for job in self.all_jobs:
-            job.start(task_group)
+            pool = Pool(job, task_group)
+            pool.start()
+            if pool.scales:
+                task_group.start_soon(run_scaler, pool, name=f"flowrhythm {job.name} scaler")
 
     def job_finished(self) -> None:
         self._unfinished -= 1
@@ -194,13 +199,6 @@ class Run:
             if self._settled is None:
                 self._settled = anyio.Event()
             await self._settled.wait()
-
-    def scaled(self, job: Job, old: int, new: int, reason: str) -> None:
-        """Record one scaling decision: a DEBUG log record, and the user's callback."""
-        event = ScalingEvent(job=job.name, time=self.clock(), old=old, new=new, reason=reason)
-        log_scaling(event)
-        if self.on_scale is not None:
-            self.on_scale(event)
 
     def end_input(self) -> None:
         """The flow ends its own input: LastWorkItem from a source or processor."""
