@@ -9,9 +9,9 @@ another or at once.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Never, final
+from typing import Any, Never, final, overload
 
 import attrs
 
@@ -21,7 +21,7 @@ from ._decorators import CAPACITY_ATTR, NAME_ATTR, check_name
 from ._monitor import monitor
 from ._offload import ExecutorSpec
 from ._options import Batch, JobOptions, JobSpec, Retry, RouterSpec, requalified, spec_names
-from ._processors import NO_LOCK, Stage, decorated, default_name
+from ._processors import NO_LOCK, ProcessorFactory, Stage, decorated, default_name
 from ._run._run import FlowResults, RunningFlow, open_run, start_run, stream_run
 from ._scaling import ScalingEvent
 from ._stats import FlowStats
@@ -121,6 +121,43 @@ class Flow:
 
     # -- building ------------------------------------------------------------------
 
+    @overload
+    def add(
+        self,
+        processor: Callable[[Any], Awaitable[Any]]
+        | Callable[[Any], AsyncIterator[Any]]
+        | ProcessorFactory,
+        capacity: Capacity | None = ...,
+        name: str | None = ...,
+        *,
+        executor: None = ...,
+        ordered: bool = ...,
+        retry: Retry | None = ...,
+        timeout: float | None = ...,
+        max_per_second: float | None = ...,
+        batch: Batch | None = ...,
+        concurrency: Adaptive | None = ...,
+    ) -> Flow: ...
+
+    @overload
+    def add(
+        self,
+        processor: Callable[[Any], Any],
+        capacity: Capacity | None = ...,
+        name: str | None = ...,
+        *,
+        executor: ExecutorSpec,
+        ordered: bool = ...,
+        retry: Retry | None = ...,
+        timeout: float | None = ...,
+        max_per_second: float | None = ...,
+        batch: Batch | None = ...,
+        concurrency: Adaptive | None = ...,
+    ) -> Flow: ...
+
+    @overload
+    def add(self, processor: Flow) -> Flow: ...
+
     def add(
         self,
         processor: Any,
@@ -157,7 +194,7 @@ class Flow:
                 Dask ``Client.get_executor()``). The job's worker count bounds the
                 calls in flight; cancelling the run cancels calls not yet started.
             ordered: outputs leave in the order the inputs arrived, even with
-                many workers (a reorder window of at most ``max_workers`` inputs).
+                many workers (a reorder window of at most ``2 * max_workers`` inputs).
             retry: a :class:`Retry`: retry failing calls with exponential back-off.
             timeout: seconds; a longer call is cancelled and fails with
                 :class:`TimeoutError` (for a generator: each step). An offloaded
@@ -217,6 +254,42 @@ class Flow:
     #: The seed's name for :meth:`add`.
     add_job = add
 
+    @overload
+    def add_job_with_lock(
+        self,
+        processor: Callable[[Any], Awaitable[Any]]
+        | Callable[[Any], AsyncIterator[Any]]
+        | ProcessorFactory,
+        resource_manager: AbstractAsyncContextManager[Any],
+        capacity: Capacity | None = ...,
+        name: str | None = ...,
+        *,
+        executor: None = ...,
+        ordered: bool = ...,
+        retry: Retry | None = ...,
+        timeout: float | None = ...,
+        max_per_second: float | None = ...,
+        batch: Batch | None = ...,
+        concurrency: Adaptive | None = ...,
+    ) -> Flow: ...
+
+    @overload
+    def add_job_with_lock(
+        self,
+        processor: Callable[[Any], Any],
+        resource_manager: AbstractAsyncContextManager[Any],
+        capacity: Capacity | None = ...,
+        name: str | None = ...,
+        *,
+        executor: ExecutorSpec,
+        ordered: bool = ...,
+        retry: Retry | None = ...,
+        timeout: float | None = ...,
+        max_per_second: float | None = ...,
+        batch: Batch | None = ...,
+        concurrency: Adaptive | None = ...,
+    ) -> Flow: ...
+
     def add_job_with_lock(
         self,
         processor: Any,
@@ -256,6 +329,40 @@ class Flow:
             self._spec(processor, capacity, name, resource_manager, executor, options)
         )
         return self
+
+    @overload
+    def add_error_job(
+        self,
+        processor: Callable[[Any], Awaitable[Any]]
+        | Callable[[Any], AsyncIterator[Any]]
+        | ProcessorFactory,
+        capacity: Capacity | None = ...,
+        name: str | None = ...,
+        *,
+        executor: None = ...,
+        ordered: bool = ...,
+        retry: Retry | None = ...,
+        timeout: float | None = ...,
+        max_per_second: float | None = ...,
+        batch: Batch | None = ...,
+        concurrency: Adaptive | None = ...,
+    ) -> Flow: ...
+
+    @overload
+    def add_error_job(
+        self,
+        processor: Callable[[Any], Any],
+        capacity: Capacity | None = ...,
+        name: str | None = ...,
+        *,
+        executor: ExecutorSpec,
+        ordered: bool = ...,
+        retry: Retry | None = ...,
+        timeout: float | None = ...,
+        max_per_second: float | None = ...,
+        batch: Batch | None = ...,
+        concurrency: Adaptive | None = ...,
+    ) -> Flow: ...
 
     def add_error_job(
         self,

@@ -274,7 +274,7 @@ async def test_refused_add_leaves_the_flow_unchanged() -> None:
     with pytest.raises(ValueError, match="only"):
         flow.add(double, name="only")
     with pytest.raises(TypeError):
-        flow.add(42)
+        flow.add(42)  # type: ignore[call-overload]
     assert await collect(flow, [1, 2]) == [2, 3]
 
 

@@ -445,12 +445,12 @@ def test_processor_that_is_not_async_is_refused(adder: Adder, processor: object)
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_async_processor_with_an_executor_is_refused(executor: str) -> None:
     with raises_naming(TypeError, "executor"):
-        Flow().add(identity, executor=executor)  # type: ignore[arg-type]
+        Flow().add(identity, executor=executor)  # type: ignore[call-overload]
 
 
 def test_lock_that_is_not_an_async_context_manager_is_refused() -> None:
     with raises_naming(TypeError, "resource_manager"):
-        Flow().add_job_with_lock(identity, threading.Lock())  # type: ignore[arg-type]
+        Flow().add_job_with_lock(identity, threading.Lock())  # type: ignore[call-overload]
 
 
 def test_second_error_job_is_refused() -> None:

@@ -304,7 +304,7 @@ def test_job_options_refuse_numbers_beyond_floats(field: str, value: object) -> 
     with pytest.raises(ValueError, match=field):
         JobOptions.build(**{field: value})
     with pytest.raises(ValueError, match=field):
-        Flow().add(abs, executor="thread", **{field: value})  # type: ignore[arg-type]
+        Flow().add(abs, executor="thread", **{field: value})  # type: ignore[call-overload]
 
 
 @virtual_time()
@@ -348,7 +348,7 @@ async def session() -> AsyncIterator[None]:
 )
 def test_add_job_with_lock_refuses_a_wrong_resource_manager(manager: object, match: str) -> None:
     with pytest.raises(TypeError, match=match):
-        Flow().add_job_with_lock(noop, manager)  # type: ignore[arg-type]
+        Flow().add_job_with_lock(noop, manager)  # type: ignore[call-overload]
 
 
 async def test_add_job_with_lock_accepts_instances_that_enter_many_times() -> None:

@@ -539,9 +539,9 @@ def test_an_async_callable_object_with_an_executor_is_a_type_error() -> None:
 )
 def test_process_needs_a_picklable_callable(fn: object) -> None:
     with pytest.raises(TypeError, match="picklable"):
-        Flow().add(fn, executor="process")
+        Flow().add(fn, executor="process")  # type: ignore[call-overload]
     # Threads take it.
-    Flow().add(fn, executor="thread")
+    Flow().add(fn, executor="thread")  # type: ignore[call-overload]
 
 
 def test_process_takes_a_partial_of_a_module_level_function(tmp_path: Path) -> None:
@@ -550,7 +550,7 @@ def test_process_takes_a_partial_of_a_module_level_function(tmp_path: Path) -> N
 
 def test_a_not_callable_processor_with_an_executor_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="callable"):
-        Flow().add(42, executor="thread")
+        Flow().add(42, executor="thread")  # type: ignore[call-overload]
 
 
 # -- Dask (the optional extra flowrhythm[dask]) ----------------------------------------------

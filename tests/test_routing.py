@@ -465,9 +465,9 @@ def test_bad_values_raise_at_add_router_time() -> None:
     with pytest.raises(ValueError, match="error job"):
         Flow().add(with_errors)
     with pytest.raises(TypeError, match="capacity"):
-        Flow().add(Flow().add(inc), capacity=Capacity())
+        Flow().add(Flow().add(inc), capacity=Capacity())  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="concurrency"):
-        Flow().add(Flow().add(inc), concurrency=Adaptive(1, 1, 4))
+        Flow().add(Flow().add(inc), concurrency=Adaptive(1, 1, 4))  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="already used"):
         Flow().add(inc, name="r").add_router(parity, {"even": inc}, name="r")
     with pytest.raises(ValueError, match="already used"):
