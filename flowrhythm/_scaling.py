@@ -246,6 +246,8 @@ RECENT_CALLS = 64
 SUSPECT_RATIO = 1.5
 #: Ticks of evidence kept.
 KEEP_TICKS = 512
+#: Ticks over which the event loop's lateness is averaged.
+LATE_TICKS = 8
 
 
 @final
@@ -273,8 +275,9 @@ class UtilizationStrategy:
       four ticks or four service times, whichever is more), or the busy workers
       if more while the input queue is at least half full and not draining, and
       so holds the source back; the backlog drains within ``drain_time`` call
-      durations. With fewer than 8 completed calls behind
-      the estimate a step is at most ``max(2 * workers, workers + 3)``; with
+      durations. With fewer than 8 calls behind the estimate (those that
+      ended, and those running, each by the share of a call it has run) a
+      step is at most ``max(2 * workers, workers + 3)``; with
       that many it goes straight to the target. A next job at its maximum
       bounds a step to what it can take at its upper threshold (from its busy
       share and this job's output rate).
@@ -286,20 +289,25 @@ class UtilizationStrategy:
     * **Hidden limits** (a semaphore in the processor, a service that queues
       calls): more workers then make every call longer and bring nothing. Once
       the worker count has settled (a service time since it changed, and as
-      many calls ended as were running) and 64 calls take at
-      least 1.5 times as long as the job's first
-      32 calls did (geometric means, with confidence), the
-      job probes down to about ``1.25 *`` the concurrency the durations
+      many calls ended as were running before and after the change) and
+      64 calls take at least 1.5 times as long as the job's first 32 calls
+      did (geometric means, with confidence, and the first calls' duration
+      counted with as much more as the event loop now wakes the scaler later
+      than it did then: a busy loop makes every call longer, and fewer
+      workers would not make it wake sooner), the job probes down to about ``1.25 *`` the concurrency the durations
       suggest. If, with ``min_judged`` calls at the lower count, the throughput
       (busy workers over the mean call duration) lost less than
       ``ineffective_gain`` of what the removed workers should have carried, with
       confidence, the limit is confirmed: the job stays there, capped, and
-      probes on down by quarters until a step down costs throughput. A capped
+      probes on down by quarters until a step down costs throughput (still
+      unsure after ``4 * min_judged`` calls there, it keeps the higher
+      count: every call below the limit costs). A capped
       job tries a step of +25% after ``probe_after`` service times, doubling up
       to ``max_probe_after`` while steps keep failing. A refuted suspicion goes
       straight back and waits ``probe_after`` service times (doubling) before
       the next. No verdict comes while workers are on their first call, and the
-      guard never fires while call durations stay as they were. Every probe
+      guard never fires while call durations stay as they were (or grow by
+      no more than the event loop's lateness). Every probe
       and cap is a scaling event with its reason.
 
     Args:
@@ -351,6 +359,9 @@ class UtilizationStrategy:
         # Call durations in logarithms: (calls, sum, sum of squares) of the first
         # calls (the reference), and per tick over the recent ones.
         self._reference = _Logs()
+        # The least the event loop has woken the scaler late: the loop's own lateness,
+        # which the first calls had too (one tick's is a poor measure of it).
+        self._least_late = math.inf
         self._recent: deque[_Logs] = deque()
         self._level = _Level(0, 0.0)
         # The guard.
@@ -365,7 +376,9 @@ class UtilizationStrategy:
     # -- evidence ---------------------------------------------------------------------
 
     def _observe(self, sample: ScalingSample) -> None:
-        self._ticks.append(_Tick(sample))
+        kept = _Tick(sample, _knobs(sample).sampling)
+        self._ticks.append(kept)
+        self._least_late = min(self._least_late, kept.late)
         if not sample.calls:
             return
         tick = _Logs(sample.calls, sample.call_logs, sample.call_log_squares)
@@ -380,11 +393,12 @@ class UtilizationStrategy:
             recent.popleft()
 
     def _service(self, sample: ScalingSample) -> tuple[float | None, int]:
-        """Seconds one call takes, and the completed calls behind the estimate.
+        """Seconds one call takes, and the calls behind the estimate.
 
         The mean duration of the last :data:`SERVICE_CALLS` calls timed (or
         active worker-time per completed item before any call was timed), and at
-        least the mean age of the calls still running.
+        least the mean age of the calls still running. Behind it: the calls that
+        ended, and the calls running, each counted by the share of a call it has run.
         """
         active = 0.0
         ended = 0
@@ -404,14 +418,36 @@ class UtilizationStrategy:
         age = sample.mean_running_age
         if measured is None:
             return (age if age > 0 else None), 0
-        return max(measured, age), ended
+        # A call that has run as long as calls take is as good a sample of the
+        # duration as one that ended (it tells at least as much): the calls
+        # running count by how much of a call they have seen. Calls started
+        # when the scaler grew the job end just after one of its later ticks,
+        # not on it, so without them a ramp would wait a tick for its evidence.
+        seen = min(age / measured, 1.0) if measured > 0 else 1.0
+        return max(measured, age), ended + math.floor(sample.running * seen)
+
+    def _late(self) -> float:
+        """How late the event loop has woken the scaler: the median over the last ticks.
+
+        Every timer of a busy event loop fires that much late, a call's
+        included: with millisecond calls and a loop kept busy by many workers,
+        calls take longer for that alone (in virtual time the lateness is zero).
+        The median, so that one stall of the machine does not sway it.
+        """
+        ticks = self._ticks
+        late = sorted(ticks[-i].late for i in range(1, min(LATE_TICKS, len(ticks)) + 1))
+        return late[len(late) // 2] if late else 0.0
 
     def _suspicion(self) -> tuple[float, float]:
         """Do recent calls take longer than the first ones did, with confidence?
 
         Compares geometric means (a heavy tail does not sway them): returns
         ``(bound, scale)``, the ratio of the recent to the first calls' geometric
-        mean, less :data:`CONFIDENCE` standard errors, and the plain ratio.
+        mean, less :data:`CONFIDENCE` standard errors, and the plain ratio. The
+        event loop's lateness, beyond the least it has ever been, is added to
+        the first calls' duration: a loop that wakes every timer
+        late (a busy loop, a coarse timer) makes calls longer without any limit
+        in the processor, and fewer workers would not make it wake sooner.
         """
         reference = self._reference
         recent = _Logs()
@@ -425,6 +461,10 @@ class UtilizationStrategy:
         )
         difference = recent.mean() - reference.mean()
         error = spread * math.sqrt(1 / reference.n + 1 / recent.n)
+        late = max(self._late() - self._least_late, 0.0)
+        if late > 0:
+            first = math.exp(reference.mean())
+            difference -= math.log((first + late) / first)
         return math.exp(difference - CONFIDENCE * error), math.exp(difference)
 
     # -- deciding -----------------------------------------------------------------------
@@ -454,9 +494,10 @@ class UtilizationStrategy:
         level = self._level
         if workers != level.workers:
             # Settled once a service time has passed and as many calls have
-            # ended as were running before or after: the calls in flight at the
-            # change, and the new workers' first calls, are behind it.
-            level = self._level = _Level(workers, sample.time, max(workers, level.workers))
+            # ended as were running before and after, together: the calls in
+            # flight at the change, and the calls that queued behind them (in
+            # a hidden limit's queue built by the old count), are behind it.
+            level = self._level = _Level(workers, sample.time, workers + level.workers)
         else:
             level.seen += sample.completed
         settled = sample.time - level.since >= settle and level.seen >= level.pending
@@ -663,6 +704,11 @@ class UtilizationStrategy:
         # Still unsure after many calls: the smaller change is kept (back up
         # after a probe down, back down after a step up of +25%).
         unsure = level.calls >= 8 * self.min_judged
+        if probe.down and self._descending:
+            # Locating a limit already found: every call below it costs, so doubt
+            # ends sooner, at the higher count (a step of a quarter down from just
+            # above the limit loses little, and would take long to tell).
+            unsure = level.calls >= 4 * self.min_judged
         if probe.down:
             plateau = rate * (1 - noise) >= threshold
             clear = rate * (1 + noise) < threshold or unsure
@@ -718,10 +764,11 @@ class UtilizationStrategy:
 class _Tick:
     """What the strategy keeps of one sample."""
 
-    __slots__ = ("active", "arrivals", "depth", "ended", "interval", "retried", "time")
+    __slots__ = ("active", "arrivals", "depth", "ended", "interval", "late", "retried", "time")
 
-    def __init__(self, sample: ScalingSample) -> None:
+    def __init__(self, sample: ScalingSample, sampling: float) -> None:
         self.time = sample.time
+        self.late = max(sample.interval - sampling, 0.0)  # how late the loop woke the scaler
         self.depth = sample.queue_depth
         self.interval = sample.interval
         self.active = sample.active

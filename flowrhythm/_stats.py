@@ -9,13 +9,16 @@ state with a ``statistics()`` value.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Protocol, final
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol, final
 
 import attrs
 
 from ._report import bottleneck, report
-from ._timing import TINY, Timings, call_timer
+from ._timing import LOG_TINY, TINY, SummedTimings, Timings
+
+if TYPE_CHECKING:
+    from ._capacity import Capacity
 
 
 @final
@@ -58,9 +61,14 @@ class Counters:
         "workers_since",
     )
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, clock: Callable[[], float], timer: Callable[[], float], now: float, scales: bool
+    ) -> None:
+        # clock: the event loop's; timer: what times calls (see call_timer);
+        # now: the loop's time when the run started; scales: whether the job
+        # has a scaler, which reads the sums of the call times.
         self.clock = clock
-        self.timer = call_timer()  # times calls: the loop's clock, or one in step with it
+        self.timer = timer  # times calls: the loop's clock, or one in step with it
         self.workers = 0  # live worker tasks
         self.idle = 0  # workers waiting for input
         self.blocked = 0  # workers waiting to hand on a result, or for the resource manager
@@ -76,12 +84,13 @@ class Counters:
         # generator adds (yields - 1) per item, a LastWorkItem result adds -1.
         self.outputs_adjust = 0
         self.worker_seconds = 0.0
-        self.workers_since = clock()
+        self.workers_since = now
         self.idle_seconds = 0.0
         self.idle_since = 0.0
         self.blocked_seconds = 0.0
         self.blocked_since = 0.0
-        self.latency = Timings()  # processing times of sampled items
+        # Processing times of sampled items (summed only for the scaler).
+        self.latency: Timings = SummedTimings() if scales else Timings()
         # Timed calls still running, and the sum of their start times (by ``timer``):
         # their ages add up to ``running * timer() - running_since``.
         self.running = 0
@@ -136,7 +145,7 @@ class Counters:
 
     def first_call(self, seconds: float) -> None:
         """One of the job's first timed calls ended after ``seconds``."""
-        log = math.log(max(seconds, TINY))
+        log = math.log(seconds) if seconds > TINY else LOG_TINY
         first = self.first
         first[0] += 1
         first[1] += log
@@ -238,6 +247,104 @@ class JobStats:
         return self.received - self.completed - self.skipped - self.errored
 
 
+#: What a job's snapshot is built from (see :func:`job_stats`).
+JobRecord = tuple[str, Counters, float, int, "Capacity", float, bool, "int | None"]
+
+
+def job_stats(
+    name: str,
+    c: Counters,
+    now: float,
+    queue_depth: int,
+    capacity: Capacity,
+    throughput: float,
+    error_job: bool,
+    concurrency_limit: int | None,
+) -> JobStats:
+    """The :class:`JobStats` of the job counted by ``c``, at ``now`` (the loop's time)."""
+    workers = c.workers
+    idle = c.idle
+    blocked = c.blocked
+    active_seconds, idle_seconds, blocked_seconds = c.seconds(now)
+    p50, p95, p99 = c.latency.percentiles(50, 95, 99)
+    return JobStats(
+        name=name,
+        workers=workers,
+        idle=idle,
+        active=max(workers - idle - blocked, 0),
+        blocked=blocked,
+        queue_depth=queue_depth,
+        queue_length=capacity.queue_length,
+        min_workers=capacity.min_workers,
+        max_workers=capacity.max_workers,
+        received=c.received,
+        completed=c.completed,
+        skipped=c.skipped,
+        errored=c.errored,
+        retried=c.retried,
+        scale_ups=c.scale_ups,
+        scale_downs=c.scale_downs,
+        active_seconds=active_seconds,
+        idle_seconds=idle_seconds,
+        blocked_seconds=blocked_seconds,
+        throughput=throughput,
+        p50=p50,
+        p95=p95,
+        p99=p99,
+        error_job=error_job,
+        concurrency_limit=concurrency_limit,
+        overloaded=c.overloaded,
+    )
+
+
+@final
+class FinalJobs(Mapping[str, JobStats]):
+    """The jobs of a run that has ended, each :class:`JobStats` built when first read (private).
+
+    Once a run has ended its counters never change again, so a job's snapshot
+    built later is the one built at the end; what can still change elsewhere
+    (the queue, the rate window, a shared :class:`Adaptive`) is read at the end,
+    in the records. ``run()`` and ``join()`` return their stats this way: a
+    caller that reads one job, or none, builds that much. A job's record is
+    dropped once its snapshot is built; copies and pickles are plain dicts.
+    """
+
+    __slots__ = ("_built", "_names", "_pending")
+
+    def __init__(self, pending: dict[str, JobRecord]) -> None:
+        self._pending = pending
+        self._names = tuple(pending)
+        self._built: dict[str, JobStats] = {}
+
+    def __getitem__(self, name: str) -> JobStats:
+        try:
+            return self._built[name]
+        except KeyError:
+            pass
+        record = self._pending.get(name)
+        if record is None:
+            return self._built[name]  # built meanwhile (another thread), or no such job
+        # setdefault, then pop: two threads reading the same job both get one snapshot.
+        stats = self._built.setdefault(name, job_stats(*record))
+        self._pending.pop(name, None)
+        return stats
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> tuple[type[dict[str, JobStats]], tuple[dict[str, JobStats]]]:
+        return dict, (dict(self.items()),)
+
+
 @final
 @attrs.frozen(kw_only=True)
 class FlowStats:
@@ -245,6 +352,11 @@ class FlowStats:
 
     Attributes:
         jobs: job name to :class:`JobStats`, in flow order, the error job last.
+            A read-only mapping; in the stats of a run that has ended (what
+            ``run()`` and ``join()`` return) each job's :class:`JobStats` is
+            built when first read, from counters that no longer change. It
+            compares equal to the dict of the same entries, and copies and
+            pickles as one.
         items_in: items that entered the first job.
         items_out: outputs the last job handed on (to ``stream``'s results,
             or discarded by ``run`` / ``start``).

@@ -17,8 +17,6 @@ from contextvars import ContextVar
 from time import perf_counter
 from typing import Final, final
 
-import anyio
-
 #: Set by :func:`flowrhythm.testing.run_virtual` for the tasks it runs.
 VIRTUAL_TIME: Final[ContextVar[bool]] = ContextVar("flowrhythm_virtual_time", default=False)
 
@@ -48,27 +46,27 @@ SLOW: Final = 100e-6
 FIRST_CALLS: Final = 32
 #: Durations below this count as this much in logarithms (a call can take no time at all).
 TINY: Final = 1e-9
+LOG_TINY: Final = math.log(TINY)
 #: How many recent timings a job keeps (a power of two).
 KEEP: Final = 1024
 
 
-def call_timer() -> Callable[[], float]:
-    """The clock that times calls: the event loop's, read as cheaply as possible.
+def call_timer(clock: Callable[[], float]) -> Callable[[], float]:
+    """The clock that times calls: the event loop's ``clock``, read as cheaply as possible.
 
     :func:`anyio.current_time` costs about a microsecond; :func:`time.perf_counter`
     a tenth of that, and it runs at the same rate as a real event-loop clock. So
     the timer is :func:`~time.perf_counter` when the loop's clock is seen to move
     in real time, and the loop's clock itself when it is virtual (it stands
     still while a task runs) or too coarse to tell: durations are then measured
-    in the loop's time, as everything else is. Chosen once per job.
+    in the loop's time, as everything else is. Chosen once per run.
     """
     if VIRTUAL_TIME.get():
-        return anyio.current_time
-    before = anyio.current_time()
-    return perf_counter if anyio.current_time() > before else anyio.current_time
+        return clock
+    before = clock()
+    return perf_counter if clock() > before else clock
 
 
-@final
 class Timings:
     """The processing times of the last :data:`KEEP` timed items (a ring).
 
@@ -77,12 +75,18 @@ class Timings:
     :data:`SLOW`, where timing costs nothing in comparison. Recording is one
     store and one increment; percentiles are computed only when a snapshot
     asks, by sorting at most :data:`KEEP` floats.
+
+    The sums over every timed duration (``total``, ``squares``, ``logs``,
+    ``log_squares``) are what a job's scaler reads; only :class:`SummedTimings`,
+    the timings of a job that scales, keeps them. Here they stay 0.
     """
 
     __slots__ = ("count", "log_squares", "logs", "mask", "ring", "squares", "total")
 
     def __init__(self) -> None:
-        self.ring = [0.0] * KEEP
+        # Grows to KEEP entries, then wraps: a run that times a few items
+        # (or none) never builds the whole ring.
+        self.ring: list[float] = []
         self.count = 0
         self.mask = 0  # time the first items, to learn how slow they are
         # Sums over every timed duration: of the seconds, of their squares, and
@@ -93,13 +97,12 @@ class Timings:
         self.log_squares = 0.0
 
     def add(self, seconds: float) -> None:
-        self.ring[self.count & (KEEP - 1)] = seconds
-        self.count += 1
-        self.total += seconds
-        self.squares += seconds * seconds
-        log = math.log(max(TINY, seconds))
-        self.logs += log
-        self.log_squares += log * log
+        count = self.count
+        if count < KEEP:
+            self.ring.append(seconds)
+        else:
+            self.ring[count & (KEEP - 1)] = seconds
+        self.count = count + 1
         self.mask = 0 if seconds > SLOW else SAMPLE_MASK
 
     def since(self, count: int) -> list[float]:
@@ -114,11 +117,36 @@ class Timings:
 
     def percentiles(self, *qs: float) -> tuple[float | None, ...]:
         """The ``qs``-th percentiles (0..100) in seconds; ``None`` with no data."""
-        n = min(self.count, KEEP)
+        n = len(self.ring)  # min(count, KEEP)
         if not n:
-            return tuple(None for _ in qs)
-        recent = sorted(self.ring[:n])
-        return tuple(recent[min(max(math.ceil(n * q / 100.0), 1), n) - 1] for q in qs)
+            return (None,) * len(qs)
+        recent = sorted(self.ring)
+        return tuple([recent[min(max(math.ceil(n * q / 100.0), 1), n) - 1] for q in qs])
+
+
+@final
+class SummedTimings(Timings):
+    """:class:`Timings` that also sums every timed duration: those of a job that scales.
+
+    Its scaler compares the sums between two ticks: the mean call time, its
+    spread, and the geometric mean (from the logarithms).
+    """
+
+    __slots__ = ()
+
+    def add(self, seconds: float) -> None:
+        count = self.count
+        if count < KEEP:
+            self.ring.append(seconds)
+        else:
+            self.ring[count & (KEEP - 1)] = seconds
+        self.count = count + 1
+        self.total += seconds
+        self.squares += seconds * seconds
+        log = math.log(seconds) if seconds > TINY else LOG_TINY
+        self.logs += log
+        self.log_squares += log * log
+        self.mask = 0 if seconds > SLOW else SAMPLE_MASK
 
 
 @final

@@ -86,15 +86,17 @@ async def saturating(
     *,
     seed: int = 0,
     limit: int | None = None,
+    limit_after: int = 0,
 ) -> Outcome:
-    """A source that always has more: ``items`` calls, maybe behind a hidden semaphore."""
+    """A source that always has more: ``items`` calls, maybe behind a hidden semaphore
+    (which the first ``limit_after`` calls pass by: a service that congests later)."""
     rng = random.Random(seed)
     durations = [duration(rng) for _ in range(items)]
     semaphore = anyio.Semaphore(limit) if limit is not None else None
     ends: list[float] = []
 
     async def call(i: int) -> None:
-        if semaphore is not None:
+        if semaphore is not None and i >= limit_after:
             async with semaphore:
                 await anyio.sleep(durations[i])
         else:

@@ -19,7 +19,7 @@ The rules of :class:`UtilizationStrategy` checked here, with ``w`` workers:
   durations), straight there with 8 completed calls behind the estimate, at most
   ``max(2w, w + 3)`` per step before;
 * hidden limits: once the count has settled (a service time, and as many calls
-  ended as were running), recent calls taking 1.5x as long as the job's first calls
+  ended as were running before and after the change), recent calls taking 1.5x as long as the job's first calls
   (with confidence) set off a probe down to 1.25x the concurrency they suggest; a
   probe that keeps the throughput (by Little's law, with confidence) confirms the
   limit and descends by quarters; one that loses it goes back; a capped job tries
@@ -586,7 +586,8 @@ def test_a_probe_that_loses_throughput_goes_straight_back() -> None:
 
 def test_no_verdict_while_new_workers_are_on_their_first_call() -> None:
     # After the probe to 10, calls of 4/64 s from the 32 are still ending: no verdict
-    # until a service time has passed and as many calls as were running (32) ended.
+    # until a service time has passed and as many calls as were running before and
+    # after the change (32 + 10) ended.
     sim = Simulation(UtilizationStrategy(), knobs(max_workers=32), workers=32)
     run_limited(sim, 8, 50, until_probe=True)
     assert sim.workers == 10

@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._adaptive import JobSlots
 from .._errors import ErrorItem
-from .._stats import Counters, JobStats
+from .._stats import Counters, JobRecord, JobStats, job_stats
 from .._timing import RateWindow
 from ._batch import Batcher
 from ._calls import Exhausted, RateLimit
@@ -38,6 +38,8 @@ class RunOfJob(Protocol):
     """
 
     clock: Callable[[], float]  #: the event loop's clock, looked up once per run
+    timer: Callable[[], float]  #: what times the calls (see call_timer), chosen once per run
+    started_at: float  #: the loop's time when the run started
     stopped: bool  #: the run was cancelled: stopped, failed or left early
     ended_at: float | None  #: when every job had drained
     error_job: Job | None
@@ -106,11 +108,11 @@ class Job:
         self.errors = errors
         # A router's outputs: label -> where that arm's items go (None: a plain job).
         self.routes = routes
-        self.counters = Counters(run.clock)
+        self.counters = Counters(run.clock, run.timer, run.started_at, spec.capacity.scales)
         self.input_ended = False
         self.finished = False
         self._scaler_scope: anyio.CancelScope | None = None  # made by the scaler
-        self.rate = RateWindow(self.counters.clock())
+        self.rate = RateWindow(run.started_at)
         options = spec.options
         # One worker keeps the order by itself: such a job runs the plain loop.
         max_workers = spec.capacity.max_workers
@@ -234,37 +236,19 @@ class Job:
     # -- observing ----------------------------------------------------------------
 
     def snapshot(self) -> JobStats:
+        ended_at = self.run.ended_at
+        return job_stats(*self.record(self.run.clock() if ended_at is None else ended_at))
+
+    def record(self, now: float, drained: bool = False) -> JobRecord:
+        """What the job's snapshot at ``now`` is built from (``drained``: its queue is empty)."""
         c = self.counters
-        capacity = self.spec.capacity
-        workers = c.workers
-        now = self.run.ended_at if self.run.ended_at is not None else c.clock()
-        active_seconds, idle_seconds, blocked_seconds = c.seconds(now)
-        p50, p95, p99 = c.latency.percentiles(50, 95, 99)
-        return JobStats(
-            name=self.name,
-            workers=workers,
-            idle=c.idle,
-            active=max(workers - c.idle - c.blocked, 0),
-            blocked=c.blocked,
-            queue_depth=self.receive.statistics().current_buffer_used,
-            queue_length=capacity.queue_length,
-            min_workers=capacity.min_workers,
-            max_workers=capacity.max_workers,
-            received=c.received,
-            completed=c.completed,
-            skipped=c.skipped,
-            errored=c.errored,
-            retried=c.retried,
-            scale_ups=c.scale_ups,
-            scale_downs=c.scale_downs,
-            active_seconds=active_seconds,
-            idle_seconds=idle_seconds,
-            blocked_seconds=blocked_seconds,
-            throughput=self.rate.rate(now, c.ended),
-            p50=p50,
-            p95=p95,
-            p99=p99,
-            error_job=self is self.run.error_job,
-            concurrency_limit=self.slots.adaptive.limit if self.slots is not None else None,
-            overloaded=c.overloaded,
+        return (
+            self.spec.name,
+            c,
+            now,
+            0 if drained else self.receive.statistics().current_buffer_used,
+            self.spec.capacity,
+            self.rate.rate(now, c.ended),
+            self is self.run.error_job,
+            self.slots.adaptive.limit if self.slots is not None else None,
         )

@@ -100,6 +100,12 @@ async def work(
     latency = counters.latency
     clock = counters.timer  # in step with the event loop's clock, virtual or real
     budget = YIELD_EVERY
+    # A plain call is timed when ``budget & mask`` is 0: one fast call in
+    # SAMPLE_EVERY, every call once they are slow (the mask is re-read after each
+    # timed call). Only a job that scales follows its calls in flight and its
+    # first calls: its scaler is what reads them.
+    mask = latency.mask
+    scales = job.spec.capacity.scales
 
     if item is NOTHING:
         try:
@@ -134,9 +140,14 @@ async def work(
                 latency.add(clock() - started)
         else:
             try:
-                if counters.received & latency.mask:
+                if budget & mask:
                     result = await fn(item)
-                else:  # timed: see flowrhythm._timing.Timings
+                elif not scales:  # timed: see flowrhythm._timing.Timings
+                    started = clock()
+                    result = await fn(item)
+                    latency.add(clock() - started)
+                    mask = latency.mask
+                else:  # timed, and followed by the scaler
                     started = clock()
                     ordinal = counters.timed_calls
                     counters.timed_calls = ordinal + 1
@@ -150,6 +161,7 @@ async def work(
                         if ordinal < FIRST_CALLS:
                             counters.first_call(clock() - started)
                     latency.add(clock() - started)
+                    mask = latency.mask
             except StopProcessing:
                 counters.skipped += 1
             except Exception as exc:  # noqa: BLE001 - every failure is routed

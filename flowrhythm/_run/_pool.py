@@ -65,10 +65,18 @@ class Pool:
 
     def start(self) -> None:
         """Start the job's initial workers, or its doorman if it starts with none."""
-        initial = self.job.spec.capacity.initial_workers
-        for _ in range(initial):
-            self.add()
-        if not initial:
+        job = self.job
+        initial = job.spec.capacity.initial_workers
+        if initial:
+            # Counted from the run's start, the counters' origin: no clock read.
+            job.counters.workers = initial
+            name = f"flowrhythm {job.name}"
+            for _ in range(initial):
+                worker = Worker(retirable=self.scales)
+                self.workers[worker] = None
+                self.task_group.start_soon(self._worker_task, worker, NOTHING, name=name)
+            self._size_limiter()
+        else:
             self._start_doorman()
 
     # -- changing the size: one method each way ------------------------------------

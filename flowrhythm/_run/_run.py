@@ -13,7 +13,8 @@ The error job's input closes when every other job has finished.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast, final
 
 import anyio
@@ -25,7 +26,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._errors import ErrorItem, LastWorkItem
 from .._ledger import LedgerError
 from .._scaling import ScalingEvent
-from .._stats import FlowStats
+from .._stats import FinalJobs, FlowStats, JobStats
+from .._timing import call_timer
 from ._job import Job, Route
 from ._ledger import LedgerResults, LedgerRun
 from ._pool import Pool
@@ -76,6 +78,7 @@ class Run:
         # The event loop's clock, looked up once for the run (and its jobs).
         self.clock: Callable[[], float] = current_token().backend_class.current_time
         self.started_at = self.clock()
+        self.timer = call_timer(self.clock)  # times the jobs' calls (chosen once)
         self.ended_at: float | None = None
         self.task_group: TaskGroup | None = None
         self.feed_scope: anyio.CancelScope | None = None  # made by feed()
@@ -169,7 +172,10 @@ class Run:
         self, queue_length: int
     ) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
         """A memory object stream that the run closes when it ends."""
-        send, receive = anyio.create_memory_object_stream[Any](queue_length)
+        # Not create_memory_object_stream[Any](...): subscripting costs more than the call.
+        send: MemoryObjectSendStream[Any]
+        receive: MemoryObjectReceiveStream[Any]
+        send, receive = anyio.create_memory_object_stream(queue_length)
         self._streams += (send, receive)
         return send, receive
 
@@ -315,12 +321,19 @@ class Run:
     # -- observing ---------------------------------------------------------------
 
     def snapshot(self) -> FlowStats:
-        end = self.ended_at if self.ended_at is not None else self.clock()
+        end = self.ended_at
+        jobs: Mapping[str, JobStats]
+        if end is None:  # live: every job's snapshot now
+            end = self.clock()
+            jobs = {job.name: job.snapshot() for job in self.all_jobs}
+        else:  # ended: its counters stay as they are, each job's snapshot is built when read
+            drained = self.done.is_set()
+            jobs = FinalJobs({job.name: job.record(end, drained) for job in self.all_jobs})
         items_out = sum(job.counters.outputs for job in self.outlets)
         for route in self.through:
             items_out += route.passed
         return FlowStats(
-            jobs={job.name: job.snapshot() for job in self.all_jobs},
+            jobs=jobs,
             items_in=self.items_in,
             items_out=items_out,
             elapsed=end - self.started_at,
@@ -329,8 +342,129 @@ class Run:
         )
 
 
-@contextlib.asynccontextmanager
-async def open_run(
+class _RunBlock:
+    """The ``async with`` of one run: build it, run it in a task group, end it (private).
+
+    What its ``async with`` hands out depends on the subclass: the :class:`Run`
+    itself (``Flow.run``), a :class:`RunningFlow` or a :class:`FlowResults`.
+    Written as classes rather than generator context managers, which cost a few
+    microseconds per run each, and a short run pays its start-up in full.
+    """
+
+    __slots__ = (
+        "_error_spec",
+        "_ledger",
+        "_on_scale",
+        "_results",
+        "_source",
+        "_specs",
+        "_task_group",
+        "run",
+    )
+
+    run: Run
+    _task_group: TaskGroup
+
+    def __init__(
+        self,
+        specs: Sequence[JobSpec | RouterSpec],
+        error_spec: JobSpec | None,
+        *,
+        source: Iterable[Any] | AsyncIterable[Any] | None = None,
+        results: bool = False,
+        on_scale: Callable[[ScalingEvent], object] | None = None,
+        ledger: tuple[Ledger, Callable[[Any], Any] | None] | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._specs = specs
+        self._error_spec = error_spec
+        self._source = source
+        self._results = results
+        self._on_scale = on_scale
+
+    async def _enter(self) -> Run:
+        """Build the run and start it (its source first: the workers then find items waiting)."""
+        run = self.run = Run(
+            self._specs, self._error_spec, results=self._results, on_scale=self._on_scale
+        )
+        if self._ledger is not None:
+            run.ledger = LedgerRun(*self._ledger, run)
+            try:
+                await run.ledger.open()
+            except LedgerError as exc:
+                self._ended()
+                raise ExceptionGroup("the flowrhythm run failed", [exc]) from None
+        task_group = self._task_group = anyio.create_task_group()
+        try:
+            await task_group.__aenter__()
+        except BaseException:
+            self._ended()
+            raise
+        try:
+            if self._source is not None:
+                task_group.start_soon(run.feed, self._source, name="flowrhythm source")
+            run.start(task_group)
+            if run.ledger is not None:
+                task_group.start_soon(run.ledger.flusher, name="flowrhythm ledger")
+        except BaseException as exc:
+            await self._leave(type(exc), exc, exc.__traceback__)
+            raise
+        return run
+
+    async def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Leave the task group (waiting for every task of the run), then end the run.
+
+        Returns whether the exception, if any, is swallowed: the run's own
+        cancellation is (stopped, failed or left early). A failure of the run is
+        raised here, in an :class:`ExceptionGroup` as anyio's task groups raise.
+        """
+        run = self.run
+        if run.ledger is not None:
+            run.ledger.stop()  # the flusher writes what it has and leaves
+        try:
+            swallowed = await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._ended()
+            if run.ledger is not None:  # the final write, however the run ended
+                error = await run.ledger.close()
+                if error is not None and run.failure is None:
+                    run.failure = error
+        if run.failure is not None:
+            raise ExceptionGroup("the flowrhythm run failed", [run.failure])
+        return swallowed
+
+    def _ended(self) -> None:
+        run = self.run
+        run.ended_now()
+        run.close_streams()
+        run.over = True
+        run._settle()
+
+
+@final
+class _OpenRun(_RunBlock, contextlib.AbstractAsyncContextManager[Run]):
+    """``async with`` a run for the body of the block (``Flow.run``)."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Run:
+        return await self._enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._leave(exc_type, exc, tb)
+
+
+def open_run(
     specs: Sequence[JobSpec | RouterSpec],
     error_spec: JobSpec | None,
     *,
@@ -338,37 +472,11 @@ async def open_run(
     results: bool = False,
     on_scale: Callable[[ScalingEvent], object] | None = None,
     ledger: tuple[Ledger, Callable[[Any], Any] | None] | None = None,
-) -> AsyncIterator[Run]:
+) -> contextlib.AbstractAsyncContextManager[Run]:
     """Build a run and keep it going for the body of the ``async with``."""
-    run = Run(specs, error_spec, results=results, on_scale=on_scale)
-    if ledger is not None:
-        run.ledger = LedgerRun(*ledger, run)
-        try:
-            await run.ledger.open()
-        except LedgerError as exc:
-            run.close_streams()
-            raise ExceptionGroup("the flowrhythm run failed", [exc]) from None
-    try:
-        async with anyio.create_task_group() as task_group:
-            if source is not None:  # first: the workers then find their first items waiting
-                task_group.start_soon(run.feed, source, name="flowrhythm source")
-            run.start(task_group)
-            if run.ledger is not None:
-                task_group.start_soon(run.ledger.flusher, name="flowrhythm ledger")
-            yield run
-            if run.ledger is not None:
-                run.ledger.stop()
-    finally:
-        run.ended_now()
-        run.close_streams()
-        run.over = True
-        run._settle()
-        if run.ledger is not None:
-            error = await run.ledger.close()
-            if error is not None and run.failure is None:
-                run.failure = error
-    if run.failure is not None:
-        raise ExceptionGroup("the flowrhythm run failed", [run.failure])
+    return _OpenRun(
+        specs, error_spec, source=source, results=results, on_scale=on_scale, ledger=ledger
+    )
 
 
 @final
@@ -591,36 +699,79 @@ class FlowResults:
         return self._run.done.is_set()
 
 
-@contextlib.asynccontextmanager
-async def start_run(
+@final
+class _StartRun(_RunBlock, contextlib.AbstractAsyncContextManager[RunningFlow]):
+    """``async with flow.start() as running``: leaving normally closes the input and drains."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> RunningFlow:
+        return RunningFlow._create(await self._enter())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc_type is not None:
+            return await self._leave(exc_type, exc, tb)
+        # Left normally: end the input and wait for the drain.
+        run = self.run
+        try:
+            run.close_input()
+            if not run.done.is_set():
+                await run.done.wait()
+        except BaseException as error:
+            if await self._leave(type(error), error, error.__traceback__):
+                return False  # the run's own cancellation (stopped or failed while draining)
+            raise
+        return await self._leave(None, None, None)
+
+
+def start_run(
     specs: Sequence[JobSpec | RouterSpec],
     error_spec: JobSpec | None,
     on_scale: Callable[[ScalingEvent], object] | None = None,
-) -> AsyncIterator[RunningFlow]:
-    async with open_run(specs, error_spec, on_scale=on_scale) as run:
-        yield RunningFlow._create(run)
-        # Left normally: end the input and wait for the drain.
-        run.close_input()
-        if not run.done.is_set():
-            await run.done.wait()
+) -> contextlib.AbstractAsyncContextManager[RunningFlow]:
+    return _StartRun(specs, error_spec, on_scale=on_scale)
 
 
-@contextlib.asynccontextmanager
-async def stream_run(
+@final
+class _StreamRun(_RunBlock, contextlib.AbstractAsyncContextManager[FlowResults]):
+    """``async with flow.stream(source) as results``: leaving before the results end cancels."""
+
+    __slots__ = ("results",)
+
+    results: FlowResults
+
+    async def __aenter__(self) -> FlowResults:
+        run = await self._enter()
+        assert run.results is not None
+        receive = run.results
+        if run.ledger is not None:
+            receive = cast("MemoryObjectReceiveStream[Any]", LedgerResults(receive, run.ledger))
+        self.results = FlowResults._create(run, receive)
+        return self.results
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc_type is None and not self.results._ended():
+            self.run.cancel()  # left before the results ended: stop the run
+        return await self._leave(exc_type, exc, tb)
+
+
+def stream_run(
     specs: Sequence[JobSpec | RouterSpec],
     error_spec: JobSpec | None,
     source: Iterable[Any] | AsyncIterable[Any],
     on_scale: Callable[[ScalingEvent], object] | None = None,
     ledger: tuple[Ledger, Callable[[Any], Any] | None] | None = None,
-) -> AsyncIterator[FlowResults]:
-    async with open_run(
+) -> contextlib.AbstractAsyncContextManager[FlowResults]:
+    return _StreamRun(
         specs, error_spec, source=source, results=True, on_scale=on_scale, ledger=ledger
-    ) as run:
-        assert run.results is not None
-        receive = run.results
-        if run.ledger is not None:
-            receive = cast("MemoryObjectReceiveStream[Any]", LedgerResults(receive, run.ledger))
-        results = FlowResults._create(run, receive)
-        yield results
-        if not results._ended():
-            run.cancel()  # left before the results ended: stop the run
+    )
