@@ -44,7 +44,7 @@ class ScalingSample:
         interval: seconds since the previous tick.
         workers: workers now (not counting those already asked to leave).
         min_workers: the job's minimum.
-        max_workers: the job's maximum (or a lower cap the runtime applies).
+        max_workers: the job's maximum (its capacity's ``max_workers``).
         active: worker-seconds spent running the processor.
         idle: worker-seconds spent waiting for input.
         blocked: worker-seconds spent waiting to hand results downstream, for

@@ -1,9 +1,9 @@
 """Counters: private and mutable while a run goes, public and frozen in snapshots.
 
 The worker loop updates a :class:`Counters` with plain attribute increments (it
-is the hot path); :meth:`Counters.snapshot` builds the immutable
-:class:`JobStats` a user sees, in the way anyio's memory streams pair mutable
-state with a ``statistics()`` value.
+is the hot path); the job's ``snapshot()`` (in :mod:`flowrhythm._run._job`)
+reads it into the immutable :class:`JobStats` a user sees, in the way anyio's
+memory streams pair mutable state with a ``statistics()`` value.
 """
 
 from __future__ import annotations
