@@ -218,21 +218,18 @@ class Controller:
 class LimitChange:
     """One change of an :class:`Adaptive` limit.
 
-    Attributes:
-        time: the event loop's clock when it changed.
-        old: the limit before.
-        new: the limit after.
-        reason: why: ``"slow start"``, ``"increase"`` or ``"probe"`` (calls ended
-            cleanly while the limit was in use), ``"overloaded"`` or
-            ``"timeout"`` (a call was pushed back, or took longer than its
-            ``timeout=``).
-
     .. versionadded:: 1.0
     """
 
+    #: the event loop's clock when it changed.
     time: float
+    #: the limit before.
     old: int
+    #: the limit after.
     new: int
+    #: why it changed, in a word or two -- ``"slow start"``, ``"increase"`` or ``"probe"`` (calls
+    #: ended cleanly while the limit was in use), ``"overloaded"`` or ``"timeout"`` (a call was
+    #: pushed back, or took longer than its ``timeout=``).
     reason: str
 
 

@@ -79,19 +79,16 @@ class LastWorkItem:
 class ErrorItem:
     """What the error job receives for an item that failed.
 
-    Attributes:
-        item: the input item the failing job was processing (for a batch job,
-            the list of items).
-        exception: the exception the processor raised.
-        job: the name of the job that failed.
-        attempts: how many calls of the processor were made for this item.
-
     .. versionadded:: 1.0
     """
 
+    #: the input item the failing job was processing (for a batch job, the list of items).
     item: Any
+    #: the exception the processor raised.
     exception: Exception
+    #: the name of the job that failed.
     job: str
+    #: how many calls of the processor were made for this item.
     attempts: int = 1
 
 

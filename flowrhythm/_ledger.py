@@ -53,24 +53,22 @@ class LedgerError(Exception):
 class LedgerRecord:
     """What the ledger holds about one finished source item.
 
-    Attributes:
-        key: the item's key.
-        failed: whether the item (or one of its descendants) was handed to the
-            error job; ``False``: it completed, or was skipped.
-        exception_type: the failure's exception class name (``None`` if not failed).
-        message: ``str()`` of the failure's exception (``None`` if not failed).
-        job: the name of the job where it failed (``None`` if not failed).
-        attempts: calls made for the failed input (more than 1 with ``retry=``);
-            0 for an item that did not fail.
-
     .. versionadded:: 1.0
     """
 
+    #: the item's key.
     key: str | int | bytes
+    #: whether the item (or one of its descendants) was handed to the error job; ``False``: it
+    #: completed, or was skipped.
     failed: bool = False
+    #: the failure's exception class name (``None`` if not failed).
     exception_type: str | None = None
+    #: ``str()`` of the failure's exception (``None`` if not failed).
     message: str | None = None
+    #: the name of the job where it failed (``None`` if not failed).
     job: str | None = None
+    #: calls made for the failed input (more than 1 with ``retry=``); 0 for an item that did not
+    #: fail.
     attempts: int = 0
 
 

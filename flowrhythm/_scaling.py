@@ -38,95 +38,88 @@ class ScalingSample:
     than 0.1 ms, one in 32 of the faster ones), so that a strategy can reason
     in units of the call duration, whatever it is.
 
-    Attributes:
-        job: the job's name.
-        time: the event loop's clock at this tick (the only clock a strategy reads).
-        interval: seconds since the previous tick.
-        workers: workers now (not counting those already asked to leave).
-        min_workers: the job's minimum.
-        max_workers: the job's maximum (its capacity's ``max_workers``).
-        active: worker-seconds spent running the processor.
-        idle: worker-seconds spent waiting for input.
-        blocked: worker-seconds spent waiting to hand results downstream, for
-            the job's resource manager or rate limit, or in a retry's back-off:
-            more workers cannot help with these.
-        completed: items whose processing ended in the tick (completed,
-            skipped or errored).
-        arrivals: items that entered the job's input queue in the tick.
-        queue_depth: items waiting in the input queue now.
-        queue_length: the input queue's capacity.
-        downstream_depth: items waiting in the next job's queue (``None`` for
-            the last job).
-        downstream_length: the next job's queue capacity (``None`` for the last job).
-        input_closed: whether the job's input has ended.
-        capacity: the job's :class:`Capacity` (thresholds, cooldown, dampening).
-        calls: timed calls that returned in the tick.
-        call_seconds: their durations, summed.
-        call_squares: the squares of their durations, summed (for a variance).
-        call_logs: the natural logarithms of their durations, summed (for a
-            geometric mean, which a heavy tail does not sway).
-        call_log_squares: the squares of those logarithms, summed.
-        call_p50: the median duration of those calls (``None`` without any).
-        call_p90: their 90th percentile (``None`` without any).
-        first_calls: how many of the job's first 32 timed calls have ended (by
-            the order they started, so the long ones count as much as the short).
-        first_call_logs: the natural logarithms of their durations, summed.
-        first_call_log_squares: the squares of those logarithms, summed.
-        running: timed calls still running at the tick.
-        running_age: how long those calls have been running, summed: a worker
-            busy for a second with nothing finished is evidence of a call of a
-            second or more.
-        retried: retries made in the tick (calls beyond an item's first).
-        errored: items that failed in the tick.
-        total_completed: items whose processing ended since the job started.
-        total_received: items the job took from its input since it started.
-        downstream_busy: the share of the next job's worker-time spent running
-            its processor in the tick (``None`` for the last job).
-        downstream_workers: the next job's workers (``None`` for the last job).
-        downstream_max_workers: the next job's ``max_workers`` (``None`` for the
-            last job).
-
     .. versionadded:: 1.0
     .. versionchanged:: 0.2
        The ``call_*``, ``running*``, ``retried``, ``errored``, ``total_*`` and
        ``downstream_busy`` / ``downstream_*workers`` fields.
     """
 
+    #: the job's name.
     job: str
+    #: the event loop's clock at this tick (the only clock a strategy reads).
     time: float
+    #: seconds since the previous tick.
     interval: float
+    #: workers now (not counting those already asked to leave).
     workers: int
+    #: the job's minimum.
     min_workers: int
+    #: the job's maximum (its capacity's ``max_workers``).
     max_workers: int
+    #: worker-seconds spent running the processor.
     active: float
+    #: worker-seconds spent waiting for input.
     idle: float
+    #: worker-seconds spent waiting to hand results downstream, for the job's resource manager or
+    #: rate limit, or in a retry's back-off: more workers cannot help with these.
     blocked: float
+    #: items whose processing ended in the tick (completed, skipped or errored).
     completed: int
+    #: items that entered the job's input queue in the tick.
     arrivals: int
+    #: items waiting in the input queue now.
     queue_depth: int
+    #: the input queue's capacity.
     queue_length: int
+    #: items waiting in the next job's queue (``None`` for the last job).
     downstream_depth: int | None = None
+    #: the next job's queue capacity (``None`` for the last job).
     downstream_length: int | None = None
+    #: whether the job's input has ended.
     input_closed: bool = False
+    #: the job's :class:`Capacity` (thresholds, cooldown, dampening).
     capacity: Capacity = attrs.field(factory=UtilizationCapacity)
+    #: timed calls that returned in the tick.
     calls: int = 0
+    #: their durations, summed.
     call_seconds: float = 0.0
+    #: the squares of their durations, summed (for a variance).
     call_squares: float = 0.0
+    #: the natural logarithms of their durations, summed (for a geometric mean, which a heavy tail
+    #: does not sway).
     call_logs: float = 0.0
+    #: the squares of those logarithms, summed.
     call_log_squares: float = 0.0
+    #: the median duration of those calls (``None`` without any).
     call_p50: float | None = None
+    #: their 90th percentile (``None`` without any).
     call_p90: float | None = None
+    #: how many of the job's first 32 timed calls have ended (by the order they started, so the
+    #: long ones count as much as the short).
     first_calls: int = 0
+    #: the natural logarithms of their durations, summed.
     first_call_logs: float = 0.0
+    #: the squares of those logarithms, summed.
     first_call_log_squares: float = 0.0
+    #: timed calls still running at the tick.
     running: int = 0
+    #: how long those calls have been running, summed (a worker busy for a second with nothing
+    #: finished is evidence of a call of a second or more).
     running_age: float = 0.0
+    #: retries made in the tick (calls beyond an item's first).
     retried: int = 0
+    #: items that failed in the tick.
     errored: int = 0
+    #: items whose processing ended since the job started.
     total_completed: int = 0
+    #: items the job took from its input since it started.
     total_received: int = 0
+    #: the share of the next job's worker-time spent running its processor in the tick (``None``
+    #: for the last job).
     downstream_busy: float | None = None
+    #: the next job's workers (``None`` for the last job).
     downstream_workers: int | None = None
+    #: the next job's ``max_workers`` (``None`` for the last job).
     downstream_max_workers: int | None = None
 
     @property
@@ -889,18 +882,16 @@ class ScalingEvent:
     is) makes an event with ``old == new``; it counts as neither a scale-up nor
     a scale-down. The same reason again, with the count kept, makes none.
 
-    Attributes:
-        job: the job's name.
-        time: the event loop's clock when it was decided.
-        old: workers before.
-        new: workers after.
-        reason: why, in words.
-
     .. versionadded:: 1.0
     """
 
+    #: the job's name.
     job: str
+    #: the event loop's clock when it was decided.
     time: float
+    #: workers before.
     old: int
+    #: workers after.
     new: int
+    #: why, in words.
     reason: str

@@ -22,6 +22,27 @@ if TYPE_CHECKING:
 
 
 @final
+class _Span:
+    """A stretch of a worker's time in one state: a context manager around a wait.
+
+    The worker loop's own fast path brackets its rare waits by hand; every other
+    wait (a lock, a gate, a rate-limit slot, a back-off) uses one of these.
+    """
+
+    __slots__ = ("_enter", "_leave", "_since")
+
+    def __init__(self, enter: Callable[[], float], leave: Callable[[float], None]) -> None:
+        self._enter = enter
+        self._leave = leave
+
+    def __enter__(self) -> None:
+        self._since = self._enter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._leave(self._since)
+
+
+@final
 class Counters:
     """The live state of one job in one run (private).
 
@@ -143,6 +164,14 @@ class Counters:
         self.blocked_since -= since
         self.blocked_seconds += now - since
 
+    def idle_span(self) -> _Span:
+        """``with counters.idle_span():`` counts the block as idle time (off the hot path)."""
+        return _Span(self.enter_idle, self.leave_idle)
+
+    def blocked_span(self) -> _Span:
+        """``with counters.blocked_span():`` counts the block as blocked time (off the hot path)."""
+        return _Span(self.enter_blocked, self.leave_blocked)
+
     def first_call(self, seconds: float) -> None:
         """One of the job's first timed calls ended after ``seconds``."""
         log = math.log(seconds) if seconds > TINY else LOG_TINY
@@ -168,71 +197,67 @@ class Counters:
 class JobStats:
     """A snapshot of one job.
 
-    Attributes:
-        name: the job's name.
-        workers: live workers.
-        idle: workers waiting for input.
-        active: workers running the processor (``workers - idle - blocked``).
-        blocked: workers waiting to hand a result (or an error) downstream, or
-            waiting for the job's resource manager: more workers cannot help them.
-        queue_depth: items waiting in the job's input queue.
-        queue_length: the capacity of the job's input queue.
-        min_workers: the job's configured minimum.
-        max_workers: the job's configured maximum.
-        received: items taken from the input queue.
-        completed: items whose processing ended normally (their output, if
-            any, was handed downstream).
-        skipped: items dropped by :class:`StopProcessing`.
-        errored: items that failed (handed to the error job, or failing the run).
-        retried: retries made by ``retry=`` (calls beyond each item's first).
-        scale_ups: scaling decisions that added workers.
-        scale_downs: scaling decisions that removed workers.
-        active_seconds: worker-seconds spent running the processor so far.
-        idle_seconds: worker-seconds spent waiting for input so far.
-        blocked_seconds: worker-seconds spent blocked so far.
-        throughput: items per second that ended over the last two seconds or so.
-        p50: median processing time of an item, in seconds, over the last
-            1,024 timed items (every item slower than 100 µs, one in 32 of
-            faster ones); ``None`` before the first.
-        p95: the 95th percentile of the processing time, likewise.
-        p99: the 99th percentile of the processing time, likewise.
-        error_job: whether this is the flow's error job.
-        concurrency_limit: the current limit of the job's ``concurrency=``
-            (an :class:`Adaptive`), or ``None`` without one.
-        overloaded: attempts that raised :class:`Overloaded` while holding a
-            slot of the job's ``concurrency=`` limit (0 without one).
-
     Once a run has ended normally, ``received == completed + skipped + errored``;
     after a cancelled run, the difference is the number of abandoned items.
 
     .. versionadded:: 1.0
     """
 
+    #: the job's name.
     name: str
+    #: live workers.
     workers: int
+    #: workers waiting for input.
     idle: int
+    #: workers running the processor (``workers - idle - blocked``).
     active: int
+    #: workers waiting to hand a result (or an error) downstream, or waiting for the job's
+    #: resource manager: more workers cannot help them.
     blocked: int
+    #: items waiting in the job's input queue.
     queue_depth: int
+    #: the capacity of the job's input queue.
     queue_length: int
+    #: the job's configured minimum.
     min_workers: int
+    #: the job's configured maximum.
     max_workers: int
+    #: items taken from the input queue.
     received: int
+    #: items whose processing ended normally (their output, if any, was handed downstream).
     completed: int
+    #: items dropped by :class:`StopProcessing`.
     skipped: int
+    #: items that failed (handed to the error job, or failing the run).
     errored: int
+    #: retries made by ``retry=`` (calls beyond each item's first).
     retried: int
+    #: scaling decisions that added workers.
     scale_ups: int
+    #: scaling decisions that removed workers.
     scale_downs: int
+    #: worker-seconds spent running the processor so far.
     active_seconds: float
+    #: worker-seconds spent waiting for input so far.
     idle_seconds: float
+    #: worker-seconds spent blocked so far.
     blocked_seconds: float
+    #: items per second that ended over the last two seconds or so.
     throughput: float = 0.0
+    #: median processing time of an item, in seconds, over the last 1,024 timed items (every item
+    #: slower than 100 µs, one in 32 of faster ones); ``None`` before the first.
     p50: float | None = None
+    #: the 95th percentile of the processing time, likewise.
     p95: float | None = None
+    #: the 99th percentile of the processing time, likewise.
     p99: float | None = None
+    #: whether this is the flow's error job.
     error_job: bool = False
+    #: the current limit of the job's ``concurrency=`` (an :class:`Adaptive`), or ``None`` without
+    #: one.
     concurrency_limit: int | None = None
+    #: attempts that raised :class:`Overloaded` while holding a slot of the job's ``concurrency=``
+    #: limit (0 without one).
     overloaded: int = 0
 
     @property
@@ -350,29 +375,25 @@ class FinalJobs(Mapping[str, JobStats]):
 class FlowStats:
     """A snapshot of a whole run.
 
-    Attributes:
-        jobs: job name to :class:`JobStats`, in flow order, the error job last.
-            A read-only mapping; in the stats of a run that has ended (what
-            ``run()`` and ``join()`` return) each job's :class:`JobStats` is
-            built when first read, from counters that no longer change. It
-            compares equal to the dict of the same entries, and copies and
-            pickles as one.
-        items_in: items that entered the first job.
-        items_out: outputs the last job handed on (to ``stream``'s results,
-            or discarded by ``run`` / ``start``).
-        elapsed: seconds since the run started (until it ended, once it has).
-        done: whether every job has drained.
-        resumed: source items skipped because a ledger had them recorded as
-            finished by an earlier run (not counted in ``items_in``).
-
     .. versionadded:: 1.0
     """
 
+    #: job name to :class:`JobStats`, in flow order, the error job last. A read-only mapping; in
+    #: the stats of a run that has ended (what ``run()`` and ``join()`` return) each job's
+    #: :class:`JobStats` is built when first read, from counters that no longer change. It
+    #: compares equal to the dict of the same entries, and copies and pickles as one.
     jobs: Mapping[str, JobStats]
+    #: items that entered the first job.
     items_in: int
+    #: outputs the last job handed on (to ``stream``'s results, or discarded by ``run`` /
+    #: ``start``).
     items_out: int
+    #: seconds since the run started (until it ended, once it has).
     elapsed: float
+    #: whether every job has drained.
     done: bool
+    #: source items skipped because a ledger had them recorded as finished by an earlier run (not
+    #: counted in ``items_in``).
     resumed: int = 0
 
     def bottleneck(self, since: FlowStats | None = None) -> str:

@@ -133,22 +133,17 @@ class Batcher:
                 while True:
                     if reorder is not None:
                         await reorder.wait_for_room()  # blocked while the window is full
-                    since = counters.enter_idle()
-                    try:
+                    with counters.idle_span():
                         await gate.acquire()  # idle: another worker is gathering
-                    finally:
-                        counters.leave_idle(since)
                     if reorder is None or reorder.has_room():
                         break
                     gate.release()  # the window filled up meanwhile
-                since = counters.enter_idle()
                 try:
-                    items.append(await receive.receive())
+                    with counters.idle_span():
+                        items.append(await receive.receive())
                 except BaseException:
                     gate.release()
                     raise
-                finally:
-                    counters.leave_idle(since)
             finally:
                 worker.waiting = False
             counters.received += 1
@@ -159,11 +154,8 @@ class Batcher:
                 batcher.take_ready(items, receive.receive_nowait)
                 worker.rescued = self._taken(items)
                 return NOTHING
-            since = counters.enter_idle()
-            try:
+            with counters.idle_span():
                 await batcher.complete(items, receive)
-            finally:
-                counters.leave_idle(since)
             return self._taken(items)
         finally:
             gate.release()

@@ -62,11 +62,8 @@ class RateLimit:
         slot = max(self.next_slot, now)
         self.next_slot = slot + self.interval
         if slot > now:
-            since = self.counters.enter_blocked()
-            try:
+            with self.counters.blocked_span():
                 await anyio.sleep(slot - now)
-            finally:
-                self.counters.leave_blocked(since)
 
 
 @final
@@ -84,11 +81,8 @@ class Accounted:
         self.counters = counters
 
     async def __aenter__(self) -> Any:
-        since = self.counters.enter_blocked()
-        try:
+        with self.counters.blocked_span():
             return await self.manager.__aenter__()
-        finally:
-            self.counters.leave_blocked(since)
 
     async def __aexit__(
         self,
@@ -216,13 +210,12 @@ def _attempt(
 
 async def _back_off(delay: float, counters: Counters) -> None:
     """Wait before the next attempt, counted as blocked: more workers cannot help."""
-    since = counters.enter_blocked()
     counters.backing_off += 1
     try:
-        await anyio.sleep(delay)
+        with counters.blocked_span():
+            await anyio.sleep(delay)
     finally:
         counters.backing_off -= 1
-        counters.leave_blocked(since)
     counters.retried += 1
 
 

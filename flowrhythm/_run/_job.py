@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
+import attrs
 from anyio import BrokenResourceError, WouldBlock
 from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -53,20 +54,16 @@ class RunOfJob(Protocol):
 
 
 @final
+@attrs.define(eq=False)
 class Route:
-    """Where a router sends the items of one label (private).
+    """Where a router sends the items of one label (private)."""
 
-    ``send`` is the arm's input stream (``None``: the outputs are discarded);
-    ``passed`` counts the items sent; ``through`` marks an empty arm whose items
-    are the flow's outputs (counted in ``items_out``).
-    """
-
-    __slots__ = ("passed", "send", "through")
-
-    def __init__(self, send: MemoryObjectSendStream[Any] | None, through: bool) -> None:
-        self.send = send
-        self.passed = 0
-        self.through = through
+    #: the arm's input stream (``None``: the items are discarded)
+    send: MemoryObjectSendStream[Any] | None
+    #: an empty arm, whose items are the flow's outputs (counted in ``items_out``)
+    through: bool
+    #: the items sent
+    passed: int = attrs.field(default=0, init=False)
 
 
 @final
@@ -188,11 +185,8 @@ class Job:
             try:
                 stream.send_nowait(value)
             except WouldBlock:
-                since = self.counters.enter_blocked()
-                try:
+                with self.counters.blocked_span():
                     await stream.send(value)
-                finally:
-                    self.counters.leave_blocked(since)
         except BrokenResourceError:
             await self.downstream_gone()
             raise

@@ -69,11 +69,8 @@ class Reorder:
         while not self.has_room():
             if self.space is None:
                 self.space = anyio.Event()
-            since = self.counters.enter_blocked()
-            try:
+            with self.counters.blocked_span():
                 await self.space.wait()
-            finally:
-                self.counters.leave_blocked(since)
 
     def number(self) -> int:
         """Number the input just taken from the queue."""
@@ -152,11 +149,8 @@ class Reorder:
         try:
             while True:
                 await reorder.wait_for_room()  # blocked while the window is full
-                since = counters.enter_idle()
-                try:
+                with counters.idle_span():
                     await lock.acquire()  # idle: another worker waits for input
-                finally:
-                    counters.leave_idle(since)
                 try:
                     if not reorder.has_room():
                         continue  # the window filled up meanwhile
@@ -164,12 +158,11 @@ class Reorder:
                         item = receive.receive_nowait()
                     except WouldBlock:
                         reorder.receiving = True
-                        since = counters.enter_idle()
                         try:
-                            item = await receive.receive()
+                            with counters.idle_span():
+                                item = await receive.receive()
                         finally:
                             reorder.receiving = False
-                            counters.leave_idle(since)
                     counters.received += 1
                     seq = reorder.number()
                     break

@@ -11,6 +11,7 @@ import enum
 from typing import Any, Final, final
 
 import anyio
+import attrs
 
 #: Items a worker may take without waiting before it yields to the scheduler.
 YIELD_EVERY: Final = 64
@@ -90,18 +91,17 @@ class Worker:
 
 
 @final
+@attrs.define(eq=False)
 class Taken:
     """One input as a worker of an ordered or batched job took it.
 
-    ``item`` is the input (a list, for a batch), ``seq`` its number in an
-    ordered job's sequence (0 otherwise), and ``weight`` how many items it
-    counts for (a batch's length). It travels as one object from the intake
-    to the worker, across a rescue, and from the doorman to the first worker.
+    It travels as one object from the intake to the worker, across a rescue,
+    and from the doorman to the first worker.
     """
 
-    __slots__ = ("item", "seq", "weight")
-
-    def __init__(self, item: Any, seq: int = 0, weight: int = 1) -> None:
-        self.item = item
-        self.seq = seq
-        self.weight = weight
+    #: the input (a list, for a batch)
+    item: Any
+    #: its number in an ordered job's sequence (0 otherwise)
+    seq: int = 0
+    #: how many items it counts for (a batch's length)
+    weight: int = 1
