@@ -307,7 +307,10 @@ class LedgerRun:
         try:
             with send:
                 async for item in iterator:
-                    await send.send(item)
+                    try:  # without waiting while the batch has room: no switch per item
+                        send.send_nowait(item)
+                    except WouldBlock:
+                        await send.send(item)
                     if item.__class__ is LastWorkItem:
                         break
         except Exception as exc:  # noqa: BLE001 - raised by the feed, as a plain source's is
