@@ -17,6 +17,7 @@ Run ``python benchmarks/ledger.py --help``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sqlite3
@@ -92,7 +93,7 @@ async def overhead(repeat: int, folder: str) -> dict[str, float]:
 
 def fill(path: str, keys: int) -> None:
     Ledger.sqlite(path, run="lookup").store.open()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.executemany(
             "INSERT OR REPLACE INTO flowrhythm_ledger VALUES ('lookup', ?, 0, NULL, NULL, NULL, 0, 0)",
             ((f"https://example.org/{n}",) for n in range(keys)),

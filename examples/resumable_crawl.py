@@ -17,6 +17,7 @@ process a Ctrl-C (SIGINT) after N pages were stored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
@@ -106,6 +107,6 @@ if __name__ == "__main__":
     try:
         anyio.run(main, args.db, args.pages, args.stop_after, args.replay, backend=args.backend)
     except* KeyboardInterrupt:  # on trio it may come inside the run's exception group
-        with sqlite3.connect(args.db) as done:
+        with contextlib.closing(sqlite3.connect(args.db)) as done, done:
             (count,) = done.execute("SELECT count(*) FROM flowrhythm_ledger").fetchone()
         print(f"interrupted: {count} URLs recorded as finished; run again to resume")

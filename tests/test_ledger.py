@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -92,7 +93,7 @@ async def test_a_rerun_skips_the_finished_keys(tmp_path: Path) -> None:
     # another run name in the same file starts from zero
     third = await run(flow, range(3), Ledger.sqlite(tmp_path / "ledger.db", run="crawl-2"))
     assert (third.items_in, third.resumed) == (3, 0)
-    with sqlite3.connect(tmp_path / "ledger.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as db, db:
         rows = db.execute("SELECT run, count(*) FROM flowrhythm_ledger GROUP BY run").fetchall()
     assert dict(rows) == {"crawl-1": 15, "crawl-2": 3}
 
@@ -511,12 +512,12 @@ async def test_bad_run_options_name_the_field() -> None:
 
 
 def pages_table(path: Path) -> None:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("CREATE TABLE IF NOT EXISTS pages (part TEXT, source INTEGER)")
 
 
 def pages_of(path: Path) -> list[tuple[str, int]]:
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         return sorted(db.execute("SELECT part, source FROM pages").fetchall())
 
 
@@ -549,7 +550,7 @@ async def test_staged_rows_are_committed_with_the_record_of_their_item(tmp_path:
             await held.wait()
         await wait_until(lambda: len(staged) == 9)  # every part but the held one
         task_group.cancel_scope.cancel()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         recorded = {row[0] for row in db.execute("SELECT key FROM flowrhythm_ledger")}
     # a staged row exists exactly when its source item is recorded: 3.0 was staged, but
     # item 3 never finished, so neither its row nor its record was committed
@@ -577,7 +578,7 @@ async def test_a_failing_staged_statement_fails_the_run_with_no_record(tmp_path:
     [error] = leaves(caught.value)
     assert isinstance(error, LedgerError)
     assert "no such table" in str(error)
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("SELECT count(*) FROM flowrhythm_ledger").fetchone() == (0,)
 
 

@@ -19,6 +19,7 @@ rerun every part has its row exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def run_script(
 
 
 def ledger_keys(db: Path) -> list[str]:
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         return [row[0] for row in connection.execute("SELECT key FROM flowrhythm_ledger")]
 
 
@@ -143,18 +144,18 @@ def test_staged_rows_are_written_exactly_once_across_a_crash(
     script = work / "crawl.py"
     script.write_text(SCRIPT, encoding="utf-8")
     db, effects = work / "ledger.db", work / "unused.txt"
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         connection.execute("CREATE TABLE effects (part TEXT NOT NULL)")  # no key: twice shows
 
     assert run_script(script, db, effects, kill_at, backend, "stage") == 3
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         rows = Counter(row[0] for row in connection.execute("SELECT part FROM effects"))
     recorded = ledger_keys(db)
     # after the kill: the rows of exactly the recorded keys, once each
     assert rows == Counter(f"{key}:{part}" for key in recorded for part in range(PARTS))
 
     assert run_script(script, db, effects, 0, backend, "stage") == 0
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         rows = Counter(row[0] for row in connection.execute("SELECT part FROM effects"))
     assert rows == Counter(f"k{n}:{p}" for n in range(KEYS) for p in range(PARTS))
     assert sorted(ledger_keys(db)) == sorted(f"k{n}" for n in range(KEYS))

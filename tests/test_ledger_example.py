@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -49,7 +50,7 @@ def test_the_crawl_resumes_after_ctrl_c(tmp_path: Path, backend: str) -> None:
         out
         == f"stored {failing} pages, skipped 0 already done, 0 failed so far (--replay retries them)"
     )
-    with sqlite3.connect(db) as connection:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         assert connection.execute("SELECT count(*) FROM pages").fetchone() == (300,)
         keys = connection.execute("SELECT count(*) FROM flowrhythm_ledger").fetchone()
     assert keys == (300,)
